@@ -1,0 +1,23 @@
+//! ringproxy: a layer-7 MySQL-protocol proxy for Linux on io_uring.
+//!
+//! Module map:
+//! - [`config`]: typed configuration, the TOML file plus command-line overrides, validation.
+//! - [`protocol`]: the pure MySQL wire codec (no I/O).
+//! - [`runtime`]: thread-per-core io_uring machinery with no MySQL knowledge.
+//! - [`session`]: the pass-through session: relays the handshake and auth, then commands, and
+//!   tracks where each response ends.
+//! - [`metrics`]: per-worker counters.
+//! - [`server`]: starts the workers for a configuration and handles SIGINT/SIGTERM.
+//!
+//! The life of a query: a multishot recv fills a provided buffer with the client's bytes; the
+//! session splits them into packets with [`protocol::framing::PacketStream`] (no copy), lets the
+//! [`protocol::scanner::ResponseTracker`] see each command, and queues the very same buffer on the
+//! backend socket; the backend's reply comes back the same way, the tracker finds where the
+//! response ends, and the bytes leave to the client as one vectored send per loop turn.
+
+pub mod config;
+pub mod metrics;
+pub mod protocol;
+pub mod runtime;
+pub mod server;
+pub mod session;

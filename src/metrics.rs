@@ -1,0 +1,99 @@
+//! Per-worker counters. The hot path bumps plain `u64` fields of [`WorkerStats`] owned by its
+//! worker; about every tick the worker copies them into its [`SharedStats`] (relaxed atomics), from
+//! which other threads (shutdown summary, benchmarks, later the admin interface) read snapshots.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! stats {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Counters of one worker, owned by its thread.
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct WorkerStats { $($(#[$doc])* pub $name: u64,)* }
+
+        /// The last published copy of one worker's counters.
+        #[derive(Debug, Default)]
+        pub struct SharedStats { $($name: AtomicU64,)* }
+
+        impl SharedStats {
+            pub fn store(&self, s: &WorkerStats) {
+                $(self.$name.store(s.$name, Ordering::Relaxed);)*
+            }
+            pub fn load(&self) -> WorkerStats {
+                WorkerStats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl WorkerStats {
+            /// Adds another worker's counters (gauges add up too: totals across workers).
+            pub fn add(&mut self, o: &WorkerStats) {
+                $(self.$name += o.$name;)*
+            }
+            /// (name, value) pairs, for printing.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+stats! {
+    /// Client connections accepted.
+    accepted,
+    /// Client connections open now (gauge).
+    active,
+    /// Client connections refused (limits, full fixed-file table).
+    refused,
+    /// Backend connections that failed to connect.
+    backend_connect_errors,
+    /// Packets client → backend and backend → client (physical packets).
+    packets_c2s,
+    packets_s2c,
+    /// Bytes received and sent on all sockets.
+    bytes_in,
+    bytes_out,
+    /// Bytes copied into owned send buffers (zero-copy forwarding copies none).
+    bytes_copied,
+    /// Commands the clients sent, and responses that ended.
+    commands,
+    responses,
+    /// io_uring_enter calls, SQEs submitted, CQEs reaped.
+    enter_calls,
+    sqes,
+    cqes,
+    /// Send operations (one vectored send each) and recv completions with data.
+    sends,
+    recvs,
+    /// Multishot recvs ended for lack of a provided buffer.
+    recv_nobufs,
+    /// Times reading a socket was paused for backpressure.
+    read_pauses,
+    /// Sessions ended by a protocol error or an oversized packet.
+    protocol_errors,
+    /// Receive buffers free at the last publication (gauge).
+    buffers_free,
+    /// Fixed-file slots in use at the last publication (gauge).
+    fixed_slots_in_use,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_then_load_round_trips_and_add_sums() {
+        let s = WorkerStats {
+            accepted: 3,
+            bytes_in: 10,
+            ..Default::default()
+        };
+        let shared = SharedStats::default();
+        shared.store(&s);
+        assert_eq!(shared.load(), s);
+        let mut total = WorkerStats::default();
+        total.add(&s);
+        total.add(&s);
+        assert_eq!(total.accepted, 6);
+        assert_eq!(total.bytes_in, 20);
+        assert!(total.fields().contains(&("accepted", 6)));
+    }
+}

@@ -1,0 +1,148 @@
+//! Where work runs: CPU pinning of worker threads and one SO_REUSEPORT listening socket per
+//! worker and listen address, so the kernel spreads new connections across workers and an
+//! accepted connection stays on its worker for life.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Pins the calling thread to core `worker % cores`. Returns the core chosen, or None when the
+/// core list is unavailable or pinning failed (the worker then runs unpinned).
+pub fn pin_current_thread(worker: usize) -> Option<usize> {
+    let cores = core_affinity::get_core_ids()?;
+    if cores.is_empty() {
+        return None;
+    }
+    let core = cores[worker % cores.len()];
+    core_affinity::set_for_current(core).then_some(core.id)
+}
+
+/// Fills a `sockaddr_storage` for `addr`, returning it and the length to pass to the kernel.
+pub fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn check(ret: libc::c_int, what: &str, addr: &SocketAddr) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("{what} for listener {addr}: {e}"),
+        ));
+    }
+    Ok(ret)
+}
+
+fn set_int_opt(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    what: &str,
+    addr: &SocketAddr,
+) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: fd is a socket we own; optval points to a live c_int of the length passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    check(r, what, addr).map(drop)
+}
+
+/// A listening TCP socket with SO_REUSEADDR, SO_REUSEPORT and TCP_NODELAY (inherited by the
+/// connections it accepts), bound to `addr`.
+pub fn reuseport_listener(addr: &SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+    let domain = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = check(
+        unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+        "socket",
+        addr,
+    )?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int_opt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        "SO_REUSEADDR",
+        addr,
+    )?;
+    set_int_opt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEPORT,
+        "SO_REUSEPORT",
+        addr,
+    )?;
+    set_int_opt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        "TCP_NODELAY",
+        addr,
+    )?;
+    let (ss, len) = sockaddr(addr);
+    // SAFETY: ss holds a valid sockaddr of `len` bytes for this address family.
+    check(
+        unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) },
+        "bind",
+        addr,
+    )?;
+    // SAFETY: fd is a bound stream socket.
+    check(unsafe { libc::listen(fd, backlog) }, "listen", addr)?;
+    Ok(owned)
+}
+
+/// The soft RLIMIT_NOFILE: the kernel caps each ring's fixed-file table at this value.
+pub fn nofile_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur
+    } else {
+        1024
+    }
+}

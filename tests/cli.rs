@@ -1,0 +1,284 @@
+//! Runs the real `ringproxy` binary with `--check-config` (and `--help`) on good and bad
+//! configurations: exit codes, the effective-configuration summary, and error messages that name
+//! the offending key.
+
+use std::io::Write;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringproxy");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("ringproxy runs")
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    file.write_all(text.as_bytes()).expect("write temp file");
+    file.flush().expect("flush temp file");
+    file
+}
+
+fn path_of(file: &tempfile::NamedTempFile) -> &str {
+    file.path().to_str().expect("utf-8 temp path")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the run was refused as a configuration error and returns stderr.
+fn refused(out: &Output) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.starts_with("ringproxy: "), "stderr: {err}");
+    assert!(out.stdout.is_empty(), "nothing on stdout: {}", stdout(out));
+    err
+}
+
+const GOOD: &str = r#"
+[proxy]
+listen = ["127.0.0.1:16033"]
+backends = ["127.0.0.1:13306", "127.0.0.1:13307"]
+max_connections = 500
+max_packet_size = "16MiB"
+connect_timeout_ms = 1500
+drain_timeout_ms = 2500
+
+[runtime]
+workers = 2
+pin_cpus = false
+ring_entries = 1024
+buffer_size = "32KiB"
+buffer_count = 256
+send_high_water = "2MiB"
+
+[log]
+level = "warn"
+"#;
+
+#[test]
+fn good_file_prints_the_effective_configuration() {
+    let file = config_file(GOOD);
+    let out = run(&["--config", path_of(&file), "--check-config"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let summary = stdout(&out);
+    for line in [
+        "listen = [\"127.0.0.1:16033\"]",
+        "backends = [\"127.0.0.1:13306\", \"127.0.0.1:13307\"]",
+        "max_connections = 500",
+        "max_packet_size = \"16MiB\"",
+        "connect_timeout_ms = 1500",
+        "drain_timeout_ms = 2500",
+        "workers = 2",
+        "pin_cpus = false",
+        "ring_entries = 1024",
+        "buffer_size = \"32KiB\"",
+        "buffer_count = 256",
+        "send_high_water = \"2MiB\"",
+        "level = \"warn\"",
+    ] {
+        assert!(summary.contains(line), "missing {line:?} in:\n{summary}");
+    }
+    assert!(summary.lines().count() <= 24, "one screen:\n{summary}");
+}
+
+#[test]
+fn command_line_overrides_the_file() {
+    let file = config_file(GOOD);
+    let out = run(&[
+        "--config",
+        path_of(&file),
+        "--listen=127.0.0.1:1,127.0.0.1:2",
+        "--workers=1",
+        "--pin-cpus",
+        "--max-packet-size=1M",
+        "--check-config",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let summary = stdout(&out);
+    assert!(
+        summary.contains("listen = [\"127.0.0.1:1\", \"127.0.0.1:2\"]"),
+        "{summary}"
+    );
+    assert!(summary.contains("workers = 1"), "{summary}");
+    assert!(summary.contains("pin_cpus = true"), "{summary}");
+    assert!(summary.contains("max_packet_size = \"1MiB\""), "{summary}");
+    // Untouched keys keep the file's values.
+    assert!(summary.contains("ring_entries = 1024"), "{summary}");
+}
+
+#[test]
+fn mysql_proxy_spellings_work() {
+    let file = config_file("[runtime]\nworkers = 1\n[proxy]\nmax_connections = 10\n");
+    let out = run(&[
+        "--defaults-file",
+        path_of(&file),
+        "--proxy-address=127.0.0.1:4040",
+        "--proxy-backend-addresses=127.0.0.1:3306,127.0.0.1:3307",
+        "--event-threads=3",
+        "--check-config",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let summary = stdout(&out);
+    assert!(
+        summary.contains("listen = [\"127.0.0.1:4040\"]"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("backends = [\"127.0.0.1:3306\", \"127.0.0.1:3307\"]"),
+        "{summary}"
+    );
+    assert!(summary.contains("workers = 3"), "{summary}");
+}
+
+#[test]
+fn summary_feeds_back_as_a_config_file() {
+    let file = config_file(GOOD);
+    let first = run(&["--config", path_of(&file), "--check-config"]);
+    assert_eq!(first.status.code(), Some(0), "stderr: {}", stderr(&first));
+    let again = config_file(&stdout(&first));
+    let second = run(&["--config", path_of(&again), "--check-config"]);
+    assert_eq!(second.status.code(), Some(0), "stderr: {}", stderr(&second));
+    assert_eq!(stdout(&first), stdout(&second));
+}
+
+#[test]
+fn unknown_key_is_named_with_the_file() {
+    let file = config_file("[proxy]\nlisen = [\"127.0.0.1:1\"]\nbackends = [\"127.0.0.1:2\"]\n");
+    let err = refused(&run(&["--config", path_of(&file), "--check-config"]));
+    assert!(
+        err.contains(&format!(
+            "unknown key \"proxy.lisen\" in {}",
+            path_of(&file)
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_address_in_the_file_names_the_key() {
+    let file =
+        config_file("[proxy]\nlisten = [\"127.0.0.1:99999\"]\nbackends = [\"127.0.0.1:2\"]\n");
+    let err = refused(&run(&["--config", path_of(&file), "--check-config"]));
+    assert!(
+        err.contains("proxy.listen: \"127.0.0.1:99999\" is not a valid address (expected IP:PORT)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_address_on_the_command_line_names_the_flag() {
+    let err = refused(&run(&["--backend=db.example:3306", "--check-config"]));
+    assert!(
+        err.contains("--backend: \"db.example:3306\" is not a valid address"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_backends_are_refused() {
+    let err = refused(&run(&["--check-config"]));
+    assert!(err.contains("proxy.backends"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let file =
+        config_file("[proxy]\nbackends = [\"127.0.0.1:2\"]\n[runtime]\nring_entries = \"big\"\n");
+    let err = refused(&run(&["--config", path_of(&file), "--check-config"]));
+    assert!(err.contains("runtime.ring_entries"), "{err}");
+}
+
+#[test]
+fn out_of_range_values_name_the_key() {
+    for (toml, key) in [
+        ("[runtime]\nring_entries = 100\n", "runtime.ring_entries"),
+        ("[runtime]\nbuffer_count = 65536\n", "runtime.buffer_count"),
+        ("[runtime]\nbuffer_size = \"2MiB\"\n", "runtime.buffer_size"),
+        (
+            "[runtime]\nsend_high_water = \"1KiB\"\n",
+            "runtime.send_high_water",
+        ),
+        ("[runtime]\nworkers = 2000\n", "runtime.workers"),
+        ("[log]\nlevel = \"chatty\"\n", "log.level"),
+        ("[proxy]\nmax_connections = 0\n", "proxy.max_connections"),
+    ] {
+        let file = config_file(toml);
+        let out = run(&[
+            "--config",
+            path_of(&file),
+            "--backend=127.0.0.1:3306",
+            "--check-config",
+        ]);
+        let err = refused(&out);
+        assert!(err.contains(&format!("{key}: ")), "{key}: {err}");
+    }
+}
+
+#[test]
+fn too_many_connections_explains_the_fixed_file_ceiling() {
+    // One worker can never hold a million clients: the table is capped at 2^20 slots.
+    let err = refused(&run(&[
+        "--backend=127.0.0.1:3306",
+        "--workers=1",
+        "--max-connections=1000000",
+        "--check-config",
+    ]));
+    assert!(err.contains("--max-connections"), "{err}");
+    assert!(err.contains("RLIMIT_NOFILE = "), "{err}");
+    assert!(err.contains("the ceiling is 1 * ("), "{err}");
+}
+
+#[test]
+fn missing_config_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.toml");
+    let err = refused(&run(&[
+        "--config",
+        missing.to_str().unwrap(),
+        "--check-config",
+    ]));
+    assert!(err.contains("absent.toml"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_with_two() {
+    let out = run(&["--workers=many", "--check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--workers"), "{}", stderr(&out));
+}
+
+#[test]
+fn help_lists_the_mysql_proxy_aliases() {
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = stdout(&out);
+    for alias in [
+        "--defaults-file",
+        "--proxy-address",
+        "--proxy-backend-addresses",
+        "--event-threads",
+    ] {
+        assert!(help.contains(alias), "{alias} missing from --help:\n{help}");
+    }
+    for flag in [
+        "--config",
+        "--listen",
+        "--backend",
+        "--workers",
+        "--check-config",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+}
