@@ -39,6 +39,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 /// Starts the workers and blocks until they have all exited; returns their counters.
 pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<Vec<Arc<SharedStats>>> {
+    let mut listen = Vec::with_capacity(config.listen.len());
+    for addr in &config.listen {
+        listen.push(placement::claim_listen_addr(addr)?);
+    }
     let shared = Arc::new(Shared::new(config));
     let fixed_slots = crate::config::fixed_file_slots_per_worker();
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<Option<usize>, String>)>();
@@ -55,7 +59,7 @@ pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<Vec<A
             drain_timeout: Duration::from_millis(config.drain_timeout_ms),
             fixed_slots,
         };
-        let listen = config.listen.clone();
+        let listen = listen.clone();
         let shared = Arc::clone(&shared);
         let shutdown = Arc::clone(&shutdown);
         let stats = Arc::new(SharedStats::default());
@@ -107,7 +111,7 @@ pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<Vec<A
     }
     log::info!(
         "ringproxy listening on {} → backends {} ({} workers, {} fixed-file slots per worker, max_connections {})",
-        config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+        listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
         config.backends.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
         config.workers,
         fixed_slots,

@@ -26,6 +26,7 @@ use raw::{RawConn, RawError, ServerError};
 /// MySQL error codes the tests expect.
 const ER_CON_COUNT_ERROR: u16 = 1040;
 const ER_ACCESS_DENIED_ERROR: u16 = 1045;
+const ER_HANDSHAKE_ERROR: u16 = 1043;
 const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -132,9 +133,11 @@ fn expect_err_or_close(conn: &mut RawConn, context: &str) -> Option<ServerError>
             Err(e) => {
                 let e = RawError::Io(e);
                 assert!(
-                    e.is_closed(),
-                    "{context}: expected ERR or close, got {e} (a hang if it timed out)"
+                    !e.is_timeout(),
+                    "{context}: the proxy neither answered nor closed within the read timeout \
+                     (ERR so far: {err:?})"
                 );
+                assert!(e.is_closed(), "{context}: expected ERR or close, got {e}");
                 return err;
             }
         }
@@ -277,10 +280,13 @@ fn malformed_packets_end_only_the_offending_client() {
     let baseline = wait_backend_count(&mut direct, 2, Duration::from_secs(10));
     assert_eq!(baseline, 2, "unexpected rp_native sessions before the test");
 
-    // 1. Unframed garbage instead of a HandshakeResponse (its first bytes read as a 5 MB header).
+    // 1. Unframed garbage instead of a HandshakeResponse. Its first bytes ("GAR") read as a header
+    //    announcing 5.4 MB, beyond --max-packet-size, so the proxy itself must refuse it at once.
+    //    The 5 s timeout is below MariaDB's connect_timeout (10 s): a proxy that just waits for the
+    //    rest of the packet would otherwise pass only because the backend gives up first.
     {
         let mut c = RawConn::connect(proxy.port).unwrap();
-        c.set_read_timeout(Duration::from_secs(10)).unwrap();
+        c.set_read_timeout(Duration::from_secs(5)).unwrap();
         c.read_greeting().expect("greeting");
         let garbage: Vec<u8> = b"GARBAGE! not a mysql packet at all \xff\xfe\x00\x01"
             .iter()
@@ -290,7 +296,14 @@ fn malformed_packets_end_only_the_offending_client() {
             .collect();
         // The proxy may close before taking all of it; only the reply matters.
         let _ = c.write_raw(&garbage);
-        expect_err_or_close(&mut c, "unframed garbage handshake");
+        let e = expect_err_or_close(&mut c, "unframed garbage handshake (announcing 5.4 MB)");
+        eprintln!("unframed garbage handshake: {e:?}");
+        if let Some(e) = e {
+            assert!(
+                [ER_NET_PACKET_TOO_LARGE, ER_HANDSHAKE_ERROR].contains(&e.code),
+                "a handshake packet beyond --max-packet-size answered with the wrong error: {e}"
+            );
+        }
     }
     assert_serves(&mut healthy, 2, "after unframed garbage");
 
@@ -301,7 +314,8 @@ fn malformed_packets_end_only_the_offending_client() {
         c.read_greeting().expect("greeting");
         let payload: Vec<u8> = (0..48u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
         let _ = c.write_packet(1, &payload);
-        expect_err_or_close(&mut c, "framed garbage handshake");
+        let e = expect_err_or_close(&mut c, "framed garbage handshake");
+        eprintln!("framed garbage handshake: {e:?}");
     }
     assert_serves(&mut healthy, 3, "after framed garbage");
 
@@ -322,7 +336,9 @@ fn malformed_packets_end_only_the_offending_client() {
         let mut bytes = vec![0x00, 0x00, 0x80, 0x00, raw::COM_QUERY];
         bytes.extend(std::iter::repeat_n(b'x', 64 * 1024));
         let _ = c.write_raw(&bytes);
-        if let Some(e) = expect_err_or_close(&mut c, "8 MiB packet header") {
+        let e = expect_err_or_close(&mut c, "8 MiB packet header");
+        eprintln!("8 MiB packet header: {e:?}");
+        if let Some(e) = e {
             assert_eq!(
                 e.code, ER_NET_PACKET_TOO_LARGE,
                 "oversized packet answered with the wrong error: {e}"
@@ -430,6 +446,10 @@ fn slow_reader_bounds_proxy_memory_and_loses_nothing() {
     assert_eq!(out.row_bytes, ROWS * ROW_PAYLOAD, "row bytes were lost");
 
     let growth_kib = peak_kib.saturating_sub(baseline_kib);
+    eprintln!(
+        "slow reader: {slow_rows} rows read slowly; proxy RSS baseline {baseline_kib} KiB, \
+         peak {peak_kib} KiB"
+    );
     assert!(
         growth_kib < 64 * 1024,
         "proxy RSS grew by {growth_kib} KiB (baseline {baseline_kib} KiB) while a ~{} MB resultset \
@@ -667,6 +687,10 @@ fn fixed_file_table_exhaustion_refuses_cleanly_and_recovers() {
         }
     };
     let log = proxy.log_text();
+    eprintln!(
+        "--max-connections {max_connections} (rejected {rejected:?}): connection {} refused: {refusal}",
+        held.len() + 1
+    );
     assert!(
         proxy.is_running(),
         "ringproxy died after {} connections ({refusal}); log:\n{log}",

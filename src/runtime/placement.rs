@@ -146,3 +146,85 @@ pub fn nofile_limit() -> u64 {
         1024
     }
 }
+
+/// Checks that nobody else holds `addr` and resolves port 0 to a concrete port, before the
+/// workers bind their SO_REUSEPORT listeners. Without this, a second proxy started on the same
+/// port would silently share it (SO_REUSEPORT lets any socket of the same user join the group)
+/// and steal part of the connections; and port 0 would give every worker a different port.
+pub fn claim_listen_addr(addr: &SocketAddr) -> io::Result<SocketAddr> {
+    let domain = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = check(
+        unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+        "socket",
+        addr,
+    )?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let _owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SO_REUSEADDR only (no SO_REUSEPORT): the bind fails if any other socket is bound there,
+    // while sockets in TIME_WAIT do not block it.
+    set_int_opt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        "SO_REUSEADDR",
+        addr,
+    )?;
+    let (ss, len) = sockaddr(addr);
+    // SAFETY: ss holds a valid sockaddr of `len` bytes for this address family.
+    if unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) } < 0 {
+        let e = io::Error::last_os_error();
+        let hint = if e.raw_os_error() == Some(libc::EADDRINUSE) {
+            " (another process, perhaps another ringproxy, is listening there)"
+        } else {
+            ""
+        };
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e}{hint}"),
+        ));
+    }
+    // SAFETY: sockaddr_storage is plain old data; getsockname writes at most `len` bytes.
+    let mut bound: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut blen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: fd is a bound socket and bound/blen describe a writable buffer.
+    check(
+        unsafe { libc::getsockname(fd, &mut bound as *mut _ as *mut libc::sockaddr, &mut blen) },
+        "getsockname",
+        addr,
+    )?;
+    let port = match addr {
+        // SAFETY: the kernel filled a sockaddr_in for an AF_INET socket.
+        SocketAddr::V4(_) => {
+            u16::from_be(unsafe { (*(&bound as *const _ as *const libc::sockaddr_in)).sin_port })
+        }
+        // SAFETY: the kernel filled a sockaddr_in6 for an AF_INET6 socket.
+        SocketAddr::V6(_) => {
+            u16::from_be(unsafe { (*(&bound as *const _ as *const libc::sockaddr_in6)).sin6_port })
+        }
+    };
+    let mut resolved = *addr;
+    resolved.set_port(port);
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_held_by_another_socket_is_refused_and_port_zero_is_resolved() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let resolved = claim_listen_addr(&any).unwrap();
+        assert_ne!(resolved.port(), 0);
+        // A listener of "another process" (reuseport, like a second ringproxy) holds the port.
+        let _other = reuseport_listener(&resolved, 16).unwrap();
+        let err = claim_listen_addr(&resolved).unwrap_err();
+        assert_eq!(err.raw_os_error(), None);
+        assert!(err.to_string().contains("Address already in use"), "{err}");
+        assert!(err.to_string().contains("another process"), "{err}");
+    }
+}

@@ -197,11 +197,26 @@ impl Proxy {
                     );
                 }
                 s.auth_c.extend_from_slice(data);
+                let mut result = Ok(());
                 if matches!(s.phase, Phase::ClientResponse | Phase::Auth) {
-                    if let Err(end) = relay_client_auth(io, s) {
-                        io.stats.protocol_errors += 1;
-                        self.end(io, idx, end);
+                    result = relay_client_auth(io, s);
+                }
+                // What is left is at most one incomplete packet: refuse it as soon as its header
+                // announces more than any handshake packet may hold, instead of waiting for it.
+                if let (Ok(()), Some(len)) = (&result, announced_len(&s.auth_c)) {
+                    if len > AUTH_PACKET_MAX {
+                        let seq = s.auth_c[3].wrapping_add(1);
+                        result = Err(End::Err(
+                            seq,
+                            ER_HANDSHAKE_ERROR,
+                            b"08S01",
+                            format!("Bad handshake: a {len}-byte packet during authentication (ringproxy allows {AUTH_PACKET_MAX})"),
+                        ));
                     }
+                }
+                if let Err(end) = result {
+                    io.stats.protocol_errors += 1;
+                    self.end(io, idx, end);
                 }
             }
             Phase::Command => {
@@ -245,7 +260,22 @@ impl Proxy {
                     );
                 }
                 s.auth_s.extend_from_slice(data);
-                match relay_server_auth(io, s) {
+                let mut result = relay_server_auth(io, s);
+                if let (Ok(false), Some(len)) = (&result, announced_len(&s.auth_s)) {
+                    if len > AUTH_PACKET_MAX {
+                        let seq = s.last_client_seq.wrapping_add(1);
+                        result = Err(End::Err(
+                            seq,
+                            CR_SERVER_LOST,
+                            b"08S01",
+                            format!(
+                                "ringproxy: backend {} announced a {len}-byte handshake packet",
+                                s.backend_addr
+                            ),
+                        ));
+                    }
+                }
+                match result {
                     Ok(false) => {}
                     Ok(true) => self.end(io, idx, End::Flush),
                     Err(end) => {
@@ -279,12 +309,14 @@ impl Proxy {
     }
 }
 
+/// The payload length announced by the header at the front of `buf`, once it is complete.
+fn announced_len(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= HEADER_LEN).then(|| u32::from_le_bytes([buf[0], buf[1], buf[2], 0]) as usize)
+}
+
 /// Takes one whole packet (header + payload) off the front of `buf`, if complete.
 fn take_packet(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
-    if buf.len() < HEADER_LEN {
-        return None;
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], 0]) as usize;
+    let len = announced_len(buf)?;
     if buf.len() < HEADER_LEN + len {
         return None;
     }

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
@@ -65,14 +65,6 @@ pub enum RawError {
 }
 
 impl RawError {
-    /// The ERR packet, if that is what ended the operation.
-    pub fn server(&self) -> Option<&ServerError> {
-        match self {
-            RawError::Server(e) => Some(e),
-            _ => None,
-        }
-    }
-
     /// True when the peer closed the connection (EOF or reset) rather than timing out.
     pub fn is_closed(&self) -> bool {
         match self {
@@ -270,20 +262,10 @@ impl RawConn {
         self.throttle = throttle;
     }
 
-    /// The underlying socket, for tests that write arbitrary bytes.
-    pub fn stream(&mut self) -> &mut TcpStream {
-        &mut self.stream
-    }
-
     /// Writes raw bytes (no framing) and flushes.
     pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)?;
         self.stream.flush()
-    }
-
-    /// Half-closes the write side (the peer reads EOF).
-    pub fn shutdown_write(&self) -> io::Result<()> {
-        self.stream.shutdown(Shutdown::Write)
     }
 
     fn fill(&mut self, buf: &mut [u8]) -> io::Result<()> {
