@@ -133,20 +133,6 @@ pub fn reuseport_listener(addr: &SocketAddr, backlog: i32) -> io::Result<OwnedFd
     Ok(owned)
 }
 
-/// The soft RLIMIT_NOFILE: the kernel caps each ring's fixed-file table at this value.
-pub fn nofile_limit() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-        rl.rlim_cur
-    } else {
-        1024
-    }
-}
-
 /// Checks that nobody else holds `addr` and resolves port 0 to a concrete port, before the
 /// workers bind their SO_REUSEPORT listeners. Without this, a second proxy started on the same
 /// port would silently share it (SO_REUSEPORT lets any socket of the same user join the group)

@@ -31,6 +31,9 @@ const SEND_ARENA_MSGS: usize = 1024;
 /// How long one enter may wait when nothing completes: the coarse tick.
 const TICK: Duration = Duration::from_millis(50);
 
+/// Set once the first failure to set TCP_NODELAY on a backend socket has been logged.
+static NODELAY_WARNED: AtomicBool = AtomicBool::new(false);
+
 /// A socket in the worker's slab, as the service sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SockId {
@@ -750,9 +753,13 @@ impl<S: Service> Worker<S> {
             OpKind::Socket => self.on_socket_cqe(id, res),
             OpKind::SetOpt => {
                 self.io.socks[idx as usize].inflight -= 1;
-                if res < 0 && res != -libc::ECANCELED {
+                if res < 0
+                    && res != -libc::ECANCELED
+                    && !NODELAY_WARNED.swap(true, Ordering::Relaxed)
+                {
                     log::warn!(
-                        "TCP_NODELAY on a backend socket failed: {}",
+                        "TCP_NODELAY on backend sockets failed: {} (setting socket options through \
+                         io_uring needs Linux 6.7); backend sockets keep Nagle's algorithm",
                         io::Error::from_raw_os_error(-res)
                     );
                 }
@@ -804,10 +811,9 @@ impl<S: Service> Worker<S> {
                     {
                         self.io.table_full_logged = Some(now);
                         log::warn!(
-                            "worker {}: fixed-file table full ({} slots, capped by RLIMIT_NOFILE={}): refusing new connections",
+                            "worker {}: fixed-file table full ({} slots, the soft RLIMIT_NOFILE): refusing new connections",
                             self.io.worker,
-                            self.io.fixed_slots,
-                            placement::nofile_limit()
+                            self.io.fixed_slots
                         );
                     }
                 }

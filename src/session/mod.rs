@@ -512,10 +512,9 @@ impl Service for Proxy {
         if io.free_slots() <= crate::config::RESERVED_SLOTS_PER_WORKER {
             self.shared.active.fetch_sub(1, Ordering::Relaxed);
             log::warn!(
-                "worker {}: fixed-file table nearly full ({} slots, capped by RLIMIT_NOFILE={}); refusing a client",
+                "worker {}: fixed-file table nearly full ({} slots, the soft RLIMIT_NOFILE); refusing a client",
                 io.worker,
-                io.fixed_slots(),
-                crate::runtime::placement::nofile_limit()
+                io.fixed_slots()
             );
             let msg = format!(
                 "Too many connections (ringproxy worker {} has no free fixed-file slot: its table of {} is capped by RLIMIT_NOFILE)",
