@@ -19,6 +19,7 @@ pub enum OpKind {
     ConnectTimeout = 7,
     Close = 8,
     Cancel = 9,
+    Bind = 10,
 }
 
 impl OpKind {
@@ -33,6 +34,7 @@ impl OpKind {
             7 => OpKind::ConnectTimeout,
             8 => OpKind::Close,
             9 => OpKind::Cancel,
+            10 => OpKind::Bind,
             _ => return None,
         })
     }
@@ -73,6 +75,7 @@ mod tests {
             OpKind::ConnectTimeout,
             OpKind::Close,
             OpKind::Cancel,
+            OpKind::Bind,
         ] {
             for (idx, gen) in [(0, 0), (u32::MAX, GEN_MASK), (12345, 77)] {
                 assert_eq!(decode(encode(kind, idx, gen)), Some((kind, idx, gen)));

@@ -65,8 +65,14 @@ pub struct WorkerConfig {
 
 /// The MySQL-aware side of a worker: it receives events and acts through [`Io`].
 pub trait Service {
-    /// A client connection was accepted on one of the worker's listeners.
-    fn on_accept(&mut self, io: &mut Io, sock: SockId);
+    /// Called once on the worker's thread before the loop starts (a client role opens its
+    /// connections here).
+    fn on_start(&mut self, _io: &mut Io) {}
+    /// A client connection was accepted on one of the worker's listeners. Without listeners this
+    /// never happens; the default closes the connection.
+    fn on_accept(&mut self, io: &mut Io, sock: SockId) {
+        io.close(sock);
+    }
     /// A socket created by [`Io::connect`] connected, or failed to.
     fn on_connect(&mut self, io: &mut Io, sock: SockId, owner: u32, result: io::Result<()>);
     /// Bytes arrived. `data` is valid only during the call; `buf` may be passed to
@@ -75,20 +81,21 @@ pub trait Service {
     /// The peer closed (`None`) or the socket failed; no more data will arrive.
     fn on_eof(&mut self, io: &mut Io, sock: SockId, owner: u32, error: Option<io::Error>);
     /// A send completed; `queued` bytes remain queued for this socket.
-    fn on_sent(&mut self, io: &mut Io, sock: SockId, owner: u32, queued: usize);
+    fn on_sent(&mut self, _io: &mut Io, _sock: SockId, _owner: u32, _queued: usize) {}
     /// Called about every tick.
-    fn on_tick(&mut self, io: &mut Io, now: Instant);
-    /// SIGINT/SIGTERM: listeners are closed; finish in-flight work, close idle connections.
-    fn on_shutdown(&mut self, io: &mut Io);
+    fn on_tick(&mut self, _io: &mut Io, _now: Instant) {}
+    /// SIGINT/SIGTERM (or the shutdown flag): listeners are closed; finish in-flight work.
+    fn on_shutdown(&mut self, _io: &mut Io) {}
     /// True when the service holds no connection any more.
     fn is_drained(&self) -> bool;
     /// The drain timeout passed: close everything now.
-    fn abort_all(&mut self, io: &mut Io);
+    fn abort_all(&mut self, _io: &mut Io) {}
 }
 
 enum Chunk {
     Buf(BufRef),
     Owned(Vec<u8>),
+    Static(&'static [u8]),
 }
 
 impl Chunk {
@@ -96,6 +103,7 @@ impl Chunk {
         match self {
             Chunk::Buf(b) => b.len as usize,
             Chunk::Owned(v) => v.len(),
+            Chunk::Static(b) => b.len(),
         }
     }
 }
@@ -136,8 +144,10 @@ struct Sock {
     dirty: bool,
     more: bool,
     connect_timed_out: bool,
-    /// Destination of a connect in flight (kept until its completion).
-    addr: Option<Box<(libc::sockaddr_storage, libc::socklen_t)>>,
+    /// Addresses of a connect in flight (kept until its completion).
+    addr: Option<Box<ConnectAddrs>>,
+    /// Errno of a failed bind to the source address (the linked connect then reports it).
+    bind_error: i32,
 }
 
 impl Sock {
@@ -163,8 +173,15 @@ impl Sock {
             more: false,
             connect_timed_out: false,
             addr: None,
+            bind_error: 0,
         }
     }
+}
+
+/// Destination and optional source of a connect, alive until the connect completes.
+struct ConnectAddrs {
+    dst: (libc::sockaddr_storage, libc::socklen_t),
+    src: Option<(libc::sockaddr_storage, libc::socklen_t)>,
 }
 
 struct Listener {
@@ -291,12 +308,28 @@ impl Io {
     /// Starts a TCP connection to `addr` through the ring (socket, TCP_NODELAY, connect with the
     /// connect timeout). `on_connect` reports the outcome.
     pub fn connect(&mut self, addr: &SocketAddr, owner: u32) -> SockId {
+        self.connect_from(addr, None, owner)
+    }
+
+    /// Like [`Io::connect`], from a chosen local address: the socket gets
+    /// IP_BIND_ADDRESS_NO_PORT and is bound to `source` (port 0) through the ring
+    /// (IORING_OP_BIND, Linux 6.11), so the kernel picks the port at connect time and each source
+    /// address has its own ephemeral port range.
+    pub fn connect_from(
+        &mut self,
+        addr: &SocketAddr,
+        source: Option<SocketAddr>,
+        owner: u32,
+    ) -> SockId {
         let idx = self.alloc_sock();
         let generation = self.socks[idx as usize].generation;
         let s = &mut self.socks[idx as usize];
         s.state = State::Creating;
         s.owner = owner;
-        s.addr = Some(Box::new(placement::sockaddr(addr)));
+        s.addr = Some(Box::new(ConnectAddrs {
+            dst: placement::sockaddr(addr),
+            src: source.map(|a| placement::sockaddr(&a)),
+        }));
         s.inflight += 1;
         let domain = match addr {
             SocketAddr::V4(_) => libc::AF_INET,
@@ -387,6 +420,13 @@ impl Io {
         }
         self.stats.bytes_copied += data.len() as u64;
         self.enqueue(id, Chunk::Owned(data), more);
+    }
+
+    /// Queues bytes that live for the whole program (prebuilt responses): no copy, no allocation.
+    pub fn send_static(&mut self, id: SockId, data: &'static [u8], more: bool) {
+        if !data.is_empty() {
+            self.enqueue(id, Chunk::Static(data), more);
+        }
     }
 
     /// Queues part of a received buffer without copying it. When the buffer pool runs low the
@@ -504,6 +544,7 @@ impl Io {
                 let (ptr, len) = match c {
                     Chunk::Buf(b) => (self.bufs.ptr(b.bid, b.off), b.len as usize),
                     Chunk::Owned(v) => (v.as_ptr(), v.len()),
+                    Chunk::Static(b) => (b.as_ptr(), b.len()),
                 };
                 self.iov_arena.push(libc::iovec {
                     // SAFETY: skip < len (sent_off never reaches a chunk's length; fully sent
@@ -613,6 +654,7 @@ impl<S: Service> Worker<S> {
     /// Runs until shutdown has been requested and the service has drained (or the drain timeout
     /// passed).
     pub fn run(&mut self) -> io::Result<()> {
+        self.service.on_start(&mut self.io);
         let mut last_tick = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
         let mut aborted = false;
@@ -766,6 +808,14 @@ impl<S: Service> Worker<S> {
                 self.io.maybe_free(idx);
             }
             OpKind::Connect => self.on_connect_cqe(id, res),
+            OpKind::Bind => {
+                let s = &mut self.io.socks[idx as usize];
+                s.inflight -= 1;
+                if res < 0 {
+                    s.bind_error = -res;
+                }
+                self.io.maybe_free(idx);
+            }
             OpKind::ConnectTimeout => {
                 self.io.socks[idx as usize].inflight -= 1;
                 if res == -libc::ETIME {
@@ -877,29 +927,58 @@ impl<S: Service> Worker<S> {
         }
         s.state = State::Connecting;
         let slot = s.slot;
-        let (addr_ptr, addr_len) = {
+        let (dst, src) = {
             let a = s
                 .addr
                 .as_ref()
-                .expect("connect address kept until completion");
-            (
-                &a.0 as *const libc::sockaddr_storage as *const libc::sockaddr,
-                a.1,
-            )
+                .expect("connect addresses kept until completion");
+            let dst = (
+                &a.dst.0 as *const libc::sockaddr_storage as *const libc::sockaddr,
+                a.dst.1,
+            );
+            let src = a.src.as_ref().map(|(ss, len)| {
+                (
+                    ss as *const libc::sockaddr_storage as *const libc::sockaddr,
+                    *len,
+                )
+            });
+            (dst, src)
         };
-        s.inflight += 3;
-        let val: *const libc::c_int = &*self.io.setopt_val;
-        let setopt = opcode::SetSockOpt::new(
+        s.inflight += if src.is_some() { 5 } else { 3 };
+        let val: *const libc::c_void = (&*self.io.setopt_val as *const libc::c_int).cast();
+        let int_len = std::mem::size_of::<libc::c_int>() as u32;
+        // Chain: NODELAY ⇒ [BIND_ADDRESS_NO_PORT ⇒ bind] → connect → timeout. Hard links keep
+        // the chain going when a socket option cannot be set; a failed bind cancels the connect.
+        let nodelay = opcode::SetSockOpt::new(
             types::Fixed(slot),
             libc::IPPROTO_TCP as u32,
             libc::TCP_NODELAY as u32,
-            val as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
+            val,
+            int_len,
         )
         .build()
         .flags(squeue::Flags::IO_HARDLINK)
         .user_data(op::encode(OpKind::SetOpt, idx, id.generation));
-        let connect = opcode::Connect::new(types::Fixed(slot), addr_ptr, addr_len)
+        self.io.push(nodelay);
+        if let Some((src_ptr, src_len)) = src {
+            let no_port = opcode::SetSockOpt::new(
+                types::Fixed(slot),
+                libc::IPPROTO_IP as u32,
+                libc::IP_BIND_ADDRESS_NO_PORT as u32,
+                val,
+                int_len,
+            )
+            .build()
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(op::encode(OpKind::SetOpt, idx, id.generation));
+            let bind = opcode::Bind::new(types::Fixed(slot), src_ptr, src_len)
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+                .user_data(op::encode(OpKind::Bind, idx, id.generation));
+            self.io.push(no_port);
+            self.io.push(bind);
+        }
+        let connect = opcode::Connect::new(types::Fixed(slot), dst.0, dst.1)
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(op::encode(OpKind::Connect, idx, id.generation));
@@ -910,7 +989,6 @@ impl<S: Service> Worker<S> {
             idx,
             id.generation,
         ));
-        self.io.push(setopt);
         self.io.push(connect);
         self.io.push(timeout);
     }
@@ -926,7 +1004,10 @@ impl<S: Service> Worker<S> {
         }
         let owner = s.owner;
         if res < 0 {
-            let err = if res == -libc::ECANCELED {
+            let err = if res == -libc::ECANCELED && s.bind_error != 0 {
+                let e = io::Error::from_raw_os_error(s.bind_error);
+                io::Error::new(e.kind(), format!("bind to the source address failed: {e}"))
+            } else if res == -libc::ECANCELED {
                 io::Error::new(io::ErrorKind::TimedOut, "connect timed out")
             } else {
                 io::Error::from_raw_os_error(-res)
