@@ -36,6 +36,8 @@ pub struct Config {
     /// Unsent bytes queued for one connection above which the proxy stops reading its peer.
     pub send_high_water: usize,
     pub log_level: log::LevelFilter,
+    /// Where to write the summed per-worker counters as JSON, about once a second and at exit.
+    pub stats_file: Option<std::path::PathBuf>,
 }
 
 /// Fixed-file slots each worker keeps back from client connections: for the listener and for
@@ -228,6 +230,10 @@ pub struct Cli {
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Write the proxy's counters as JSON to FILE about once a second and at exit (for benchmarks)
+    #[arg(long, value_name = "FILE")]
+    pub stats_file: Option<PathBuf>,
+
     /// Validate the configuration, print the effective settings and exit
     #[arg(long)]
     pub check_config: bool,
@@ -403,6 +409,7 @@ pub struct RuntimeSection {
 #[serde(deny_unknown_fields, expecting = "a [log] table")]
 pub struct LogSection {
     pub level: Option<String>,
+    pub stats_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -579,6 +586,7 @@ struct Merged {
     buffer_count: Layered<u64>,
     send_high_water: Layered<SizeSpec>,
     log_level: Layered<String>,
+    stats_file: Option<PathBuf>,
 }
 
 fn non_empty(list: &[String]) -> Option<Vec<String>> {
@@ -652,6 +660,7 @@ impl Merged {
                 log.level,
                 cli.log_level.clone(),
             ),
+            stats_file: cli.stats_file.clone().or(log.stats_file),
         }
     }
 }
@@ -842,6 +851,7 @@ impl Merged {
             buffer_count: buffer_count as u16,
             send_high_water: to_usize(send_high_water),
             log_level,
+            stats_file: self.stats_file,
         })
     }
 }
@@ -950,6 +960,9 @@ impl Config {
             "level = \"{}\"",
             self.log_level.as_str().to_ascii_lowercase()
         );
+        if let Some(path) = &self.stats_file {
+            let _ = writeln!(out, "stats_file = {:?}", path.display().to_string());
+        }
         out
     }
 }

@@ -7,6 +7,7 @@
 //! - [`session`]: the pass-through session: relays the handshake and auth, then commands, and
 //!   tracks where each response ends.
 //! - [`metrics`]: per-worker counters.
+//! - [`alloc_count`]: the counting allocator of benchmark builds (feature `count-allocs`).
 //! - [`server`]: starts the workers for a configuration and handles SIGINT/SIGTERM.
 //!
 //! The life of a query: a multishot recv fills a provided buffer with the client's bytes; the
@@ -15,6 +16,7 @@
 //! backend socket; the backend's reply comes back the same way, the tracker finds where the
 //! response ends, and the bytes leave to the client as one vectored send per loop turn.
 
+pub mod alloc_count;
 pub mod config;
 pub mod metrics;
 pub mod protocol;

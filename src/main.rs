@@ -8,6 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use ringproxy::config::{Cli, Config};
 
+/// Benchmark builds count heap allocations (see `ringproxy::alloc_count`).
+#[cfg(feature = "count-allocs")]
+#[global_allocator]
+static ALLOC: ringproxy::alloc_count::Counting = ringproxy::alloc_count::Counting;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::from_cli(&cli) {

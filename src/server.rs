@@ -5,7 +5,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 
@@ -117,6 +117,18 @@ pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<Vec<A
         fixed_slots,
         config.max_connections
     );
+    // Wait for the workers, publishing their counters to the stats file about once a second.
+    let started = Instant::now();
+    let mut last_write: Option<Instant> = None;
+    while !handles.iter().all(|h| h.is_finished()) {
+        if let Some(path) = &config.stats_file {
+            if last_write.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_write = Some(Instant::now());
+                write_stats_file(path, &all_stats, started);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut first_err = None;
     for h in handles {
         match h.join() {
@@ -129,8 +141,77 @@ pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<Vec<A
             }
         }
     }
+    if let Some(path) = &config.stats_file {
+        write_stats_file(path, &all_stats, started);
+    }
     match first_err {
         Some(e) => Err(e),
         None => Ok(all_stats),
+    }
+}
+
+/// The counters as one JSON object: totals, each worker, and the heap allocations of the whole
+/// process when the counting allocator is built in (`null` otherwise).
+pub fn stats_json(stats: &[Arc<SharedStats>], uptime: Duration) -> String {
+    fn object(s: &WorkerStats) -> String {
+        let fields: Vec<String> = s
+            .fields()
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+    let per: Vec<WorkerStats> = stats.iter().map(|s| s.load()).collect();
+    let mut total = WorkerStats::default();
+    for s in &per {
+        total.add(s);
+    }
+    let allocations =
+        crate::alloc_count::allocations().map_or("null".to_string(), |n| n.to_string());
+    format!(
+        "{{\"uptime_s\":{:.3},\"workers\":{},\"allocations\":{},\"totals\":{},\"per_worker\":[{}]}}\n",
+        uptime.as_secs_f64(),
+        per.len(),
+        allocations,
+        object(&total),
+        per.iter().map(object).collect::<Vec<_>>().join(",")
+    )
+}
+
+/// Writes [`stats_json`] to `path` atomically (a temp file renamed over it); failures are logged.
+fn write_stats_file(path: &std::path::Path, stats: &[Arc<SharedStats>], started: Instant) {
+    let tmp = path.with_extension("tmp");
+    let result = std::fs::write(&tmp, stats_json(stats, started.elapsed()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        log::warn!("cannot write the stats file {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_json_sums_workers_and_lists_each() {
+        let a = Arc::new(SharedStats::default());
+        let b = Arc::new(SharedStats::default());
+        a.store(&WorkerStats {
+            commands: 3,
+            sqes: 10,
+            ..Default::default()
+        });
+        b.store(&WorkerStats {
+            commands: 4,
+            sqes: 1,
+            ..Default::default()
+        });
+        let j = stats_json(&[a, b], Duration::from_millis(1500));
+        assert!(j.starts_with("{\"uptime_s\":1.500,\"workers\":2,"), "{j}");
+        assert!(j.contains("\"totals\":{\"accepted\":0,"), "{j}");
+        assert!(j.contains("\"commands\":7,"), "{j}");
+        assert!(j.contains("\"sqes\":11,"), "{j}");
+        assert!(j.contains("\"per_worker\":[{"), "{j}");
+        assert_eq!(j.matches("\"commands\":").count(), 3, "{j}");
     }
 }

@@ -314,6 +314,48 @@ mod tests {
         assert_eq!(Cursor::new(&out).lenenc_bytes().unwrap(), &[7u8; 300][..]);
     }
 
+    /// Runs a sequence of reads: a failed read leaves the position where it was, and the position
+    /// never passes the end.
+    fn check_reads(b: &[u8], ops: &[u8]) {
+        let mut c = Cursor::new(b);
+        for &op in ops {
+            let before = c.position();
+            let ok = match op {
+                0 => c.u8().is_ok(),
+                1 => c.u16_le().is_ok(),
+                2 => c.u24_le().is_ok(),
+                3 => c.u32_le().is_ok(),
+                4 => c.u64_le().is_ok(),
+                5 => c.lenenc_int().is_ok(),
+                6 => c.lenenc_int_or_null().is_ok(),
+                7 => c.lenenc_bytes().is_ok(),
+                8 => c.nul_bytes().is_ok(),
+                9 => c.bytes(3).is_ok(),
+                10 => c.skip(2).is_ok(),
+                _ => {
+                    c.rest();
+                    true
+                }
+            };
+            if !ok {
+                assert_eq!(c.position(), before, "op {op} failed but moved the cursor");
+            }
+            assert!(c.position() <= b.len());
+            assert_eq!(c.remaining(), b.len() - c.position());
+        }
+    }
+
+    /// Cases proptest once shrank to (a lenenc string whose length prefix claims more bytes than
+    /// remain, and a 9-byte lenenc int prefix at the very end).
+    #[test]
+    fn regression_reads_found_by_proptest() {
+        check_reads(&[1], &[7]);
+        check_reads(
+            &[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 251],
+            &[7, 10, 10, 1, 1, 1, 5],
+        );
+    }
+
     proptest! {
         #[test]
         fn lenenc_round_trip(v in any::<u64>()) {
@@ -328,27 +370,7 @@ mod tests {
 
         #[test]
         fn arbitrary_reads_never_panic(b in proptest::collection::vec(any::<u8>(), 0..40), ops in proptest::collection::vec(0u8..12, 0..20)) {
-            let mut c = Cursor::new(&b);
-            for op in ops {
-                let before = c.position();
-                let ok = match op {
-                    0 => c.u8().is_ok(),
-                    1 => c.u16_le().is_ok(),
-                    2 => c.u24_le().is_ok(),
-                    3 => c.u32_le().is_ok(),
-                    4 => c.u64_le().is_ok(),
-                    5 => c.lenenc_int().is_ok(),
-                    6 => c.lenenc_int_or_null().is_ok(),
-                    7 => c.lenenc_bytes().is_ok(),
-                    8 => c.nul_bytes().is_ok(),
-                    9 => c.bytes(3).is_ok(),
-                    10 => c.skip(2).is_ok(),
-                    _ => { c.rest(); true }
-                };
-                if !ok { prop_assert_eq!(c.position(), before); }
-                prop_assert!(c.position() <= b.len());
-                prop_assert_eq!(c.remaining(), b.len() - c.position());
-            }
+            check_reads(&b, &ops);
         }
     }
 }
