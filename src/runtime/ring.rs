@@ -55,9 +55,12 @@ const NEEDS: &[Need] = &[
         since: "5.5",
         opcode: opcode::AsyncCancel::CODE,
     },
+    // The opcode exists since 5.19; its SOCKET_URING_OP_SETSOCKOPT sub-command (TCP_NODELAY on
+    // backend sockets) since 6.7. The sub-command cannot be probed: on 5.19-6.6 the first
+    // attempt fails, the worker warns once, and backend sockets keep Nagle's algorithm.
     Need {
-        what: "IORING_OP_URING_CMD (SOCKET_URING_OP_SETSOCKOPT for TCP_NODELAY on backend sockets)",
-        since: "6.7",
+        what: "IORING_OP_URING_CMD (socket options through the ring)",
+        since: "5.19",
         opcode: opcode::UringCmd16::CODE,
     },
 ];

@@ -615,7 +615,8 @@ impl<S: Service> Worker<S> {
         let mut listeners = Vec::new();
         for addr in listen {
             listeners.push(Listener {
-                fd: Some(placement::reuseport_listener(addr, 4096)?),
+                // The kernel caps the backlog at net.core.somaxconn, which then governs.
+                fd: Some(placement::reuseport_listener(addr, i32::MAX)?),
                 armed: false,
                 retry_at: None,
             });
