@@ -20,6 +20,7 @@ pub enum OpKind {
     Close = 8,
     Cancel = 9,
     Bind = 10,
+    Shutdown = 11,
 }
 
 impl OpKind {
@@ -35,6 +36,7 @@ impl OpKind {
             8 => OpKind::Close,
             9 => OpKind::Cancel,
             10 => OpKind::Bind,
+            11 => OpKind::Shutdown,
             _ => return None,
         })
     }
@@ -76,6 +78,7 @@ mod tests {
             OpKind::Close,
             OpKind::Cancel,
             OpKind::Bind,
+            OpKind::Shutdown,
         ] {
             for (idx, gen) in [(0, 0), (u32::MAX, GEN_MASK), (12345, 77)] {
                 assert_eq!(decode(encode(kind, idx, gen)), Some((kind, idx, gen)));

@@ -51,6 +51,11 @@ const NEEDS: &[Need] = &[
         opcode: opcode::Close::CODE,
     },
     Need {
+        what: "IORING_OP_SHUTDOWN (closing sockets without cancel walks)",
+        since: "5.11",
+        opcode: opcode::Shutdown::CODE,
+    },
+    Need {
         what: "IORING_OP_ASYNC_CANCEL",
         since: "5.5",
         opcode: opcode::AsyncCancel::CODE,

@@ -472,11 +472,14 @@ impl Io {
                 s.close_submitted = true;
             }
             State::Connecting | State::Open => {
+                let connecting = s.state == State::Connecting;
                 s.state = State::Closing;
                 s.close_submitted = true;
                 let slot = s.slot;
                 let generation = s.generation;
-                if s.recv_armed || s.send_inflight || s.inflight > 0 {
+                let busy = s.recv_armed || s.send_inflight || s.inflight > 0;
+                if busy && connecting {
+                    // Abort the connect chain in flight.
                     s.inflight += 1;
                     let e = opcode::AsyncCancel2::new(
                         types::CancelBuilder::fd(types::Fixed(slot)).all(),
@@ -487,6 +490,18 @@ impl Io {
                         id.index,
                         generation,
                     ));
+                    self.push(e);
+                } else if busy {
+                    // Shutting the socket down ends the armed multishot recv (EOF) and any send
+                    // in flight on their own. Cancelling by descriptor instead walks every
+                    // request armed on the ring, which makes closing N connections O(N^2).
+                    s.inflight += 1;
+                    // Hard-linked: the close must not run first (shutdown may be punted to a
+                    // kernel worker and would then find no file), yet must run if it fails.
+                    let e = opcode::Shutdown::new(types::Fixed(slot), libc::SHUT_RDWR)
+                        .build()
+                        .flags(squeue::Flags::IO_HARDLINK)
+                        .user_data(op::encode(OpKind::Shutdown, id.index, generation));
                     self.push(e);
                 }
                 self.socks[id.index as usize].inflight += 1;
@@ -834,7 +849,7 @@ impl<S: Service> Worker<S> {
                 }
                 self.io.maybe_free(idx);
             }
-            OpKind::Cancel => {
+            OpKind::Cancel | OpKind::Shutdown => {
                 self.io.socks[idx as usize].inflight -= 1;
                 self.io.maybe_free(idx);
             }
