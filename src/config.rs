@@ -1588,6 +1588,17 @@ mod tests {
     }
 
     #[test]
+    fn stats_file_comes_from_the_file_or_the_command_line() {
+        assert_eq!(ok(BACKEND, &[]).stats_file, None);
+        let text = "[proxy]\nbackends = [\"10.0.0.1:1\"]\n[log]\nstats_file = \"/tmp/a.json\"\n";
+        assert_eq!(ok(text, &[]).stats_file, Some(PathBuf::from("/tmp/a.json")));
+        let c = ok(text, &["--stats-file=/tmp/b.json"]);
+        assert_eq!(c.stats_file, Some(PathBuf::from("/tmp/b.json")));
+        // The summary is itself a valid configuration that keeps the setting.
+        assert_eq!(Config::from_toml_str(&c.summary()).unwrap(), c);
+    }
+
+    #[test]
     fn default_max_connections_adapts_to_the_ceiling_but_a_chosen_value_does_not() {
         // One worker holds 9992 clients at RLIMIT_NOFILE 20000: the 10000 default shrinks to it.
         let c = ok(BACKEND, &["--workers=1"]);
