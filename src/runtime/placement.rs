@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Pins the calling thread to core `worker % cores`. Returns the core chosen, or None when the
 /// core list is unavailable or pinning failed (the worker then runs unpinned).
@@ -85,9 +85,9 @@ fn set_int_opt(
     check(r, what, addr).map(drop)
 }
 
-/// A listening TCP socket with SO_REUSEADDR, SO_REUSEPORT and TCP_NODELAY (inherited by the
-/// connections it accepts), bound to `addr`.
-pub fn reuseport_listener(addr: &SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+/// A TCP socket with SO_REUSEADDR (and SO_REUSEPORT when asked) bound to `addr`. The bind error
+/// says what to do when another process holds the address.
+fn bound_socket(addr: &SocketAddr, reuseport: bool) -> io::Result<OwnedFd> {
     let domain = match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
@@ -107,58 +107,15 @@ pub fn reuseport_listener(addr: &SocketAddr, backlog: i32) -> io::Result<OwnedFd
         "SO_REUSEADDR",
         addr,
     )?;
-    set_int_opt(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_REUSEPORT,
-        "SO_REUSEPORT",
-        addr,
-    )?;
-    set_int_opt(
-        fd,
-        libc::IPPROTO_TCP,
-        libc::TCP_NODELAY,
-        "TCP_NODELAY",
-        addr,
-    )?;
-    let (ss, len) = sockaddr(addr);
-    // SAFETY: ss holds a valid sockaddr of `len` bytes for this address family.
-    check(
-        unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) },
-        "bind",
-        addr,
-    )?;
-    // SAFETY: fd is a bound stream socket.
-    check(unsafe { libc::listen(fd, backlog) }, "listen", addr)?;
-    Ok(owned)
-}
-
-/// Checks that nobody else holds `addr` and resolves port 0 to a concrete port, before the
-/// workers bind their SO_REUSEPORT listeners. Without this, a second proxy started on the same
-/// port would silently share it (SO_REUSEPORT lets any socket of the same user join the group)
-/// and steal part of the connections; and port 0 would give every worker a different port.
-pub fn claim_listen_addr(addr: &SocketAddr) -> io::Result<SocketAddr> {
-    let domain = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = check(
-        unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
-        "socket",
-        addr,
-    )?;
-    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
-    let _owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SO_REUSEADDR only (no SO_REUSEPORT): the bind fails if any other socket is bound there,
-    // while sockets in TIME_WAIT do not block it.
-    set_int_opt(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_REUSEADDR,
-        "SO_REUSEADDR",
-        addr,
-    )?;
+    if reuseport {
+        set_int_opt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            "SO_REUSEPORT",
+            addr,
+        )?;
+    }
     let (ss, len) = sockaddr(addr);
     // SAFETY: ss holds a valid sockaddr of `len` bytes for this address family.
     if unsafe { libc::bind(fd, &ss as *const _ as *const libc::sockaddr, len) } < 0 {
@@ -173,6 +130,35 @@ pub fn claim_listen_addr(addr: &SocketAddr) -> io::Result<SocketAddr> {
             format!("cannot listen on {addr}: {e}{hint}"),
         ));
     }
+    Ok(owned)
+}
+
+/// A listening TCP socket with SO_REUSEADDR, SO_REUSEPORT and TCP_NODELAY (inherited by the
+/// connections it accepts), bound to `addr`.
+pub fn reuseport_listener(addr: &SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+    let owned = bound_socket(addr, true)?;
+    let fd = owned.as_raw_fd();
+    set_int_opt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        "TCP_NODELAY",
+        addr,
+    )?;
+    // SAFETY: fd is a bound stream socket.
+    check(unsafe { libc::listen(fd, backlog) }, "listen", addr)?;
+    Ok(owned)
+}
+
+/// Checks that nobody else holds `addr` and resolves port 0 to a concrete port, before the
+/// workers bind their SO_REUSEPORT listeners. Without this, a second proxy started on the same
+/// port would silently share it (SO_REUSEPORT lets any socket of the same user join the group)
+/// and steal part of the connections; and port 0 would give every worker a different port.
+pub fn claim_listen_addr(addr: &SocketAddr) -> io::Result<SocketAddr> {
+    // SO_REUSEADDR only (no SO_REUSEPORT): the bind fails if any other socket is bound there,
+    // while sockets in TIME_WAIT do not block it.
+    let owned = bound_socket(addr, false)?;
+    let fd = owned.as_raw_fd();
     // SAFETY: sockaddr_storage is plain old data; getsockname writes at most `len` bytes.
     let mut bound: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut blen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;

@@ -279,6 +279,21 @@ impl Io {
         self.free_socks.push(idx);
     }
 
+    /// A hard-linked SQE setting the integer socket option `level`/`name` to 1 on `slot`.
+    fn set_one(&self, slot: u32, level: libc::c_int, name: libc::c_int) -> squeue::Entry {
+        let val: *const libc::c_void = (&*self.setopt_val as *const libc::c_int).cast();
+        // setopt_val lives in Io for the worker's lifetime, so the pointer outlives the SQE.
+        opcode::SetSockOpt::new(
+            types::Fixed(slot),
+            level as u32,
+            name as u32,
+            val,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+        .build()
+        .flags(squeue::Flags::IO_HARDLINK)
+    }
+
     /// Fixed-file slots still free in this worker's ring.
     pub fn free_slots(&self) -> u32 {
         self.fixed_slots.saturating_sub(self.slots_in_use)
@@ -961,32 +976,18 @@ impl<S: Service> Worker<S> {
             (dst, src)
         };
         s.inflight += if src.is_some() { 5 } else { 3 };
-        let val: *const libc::c_void = (&*self.io.setopt_val as *const libc::c_int).cast();
-        let int_len = std::mem::size_of::<libc::c_int>() as u32;
         // Chain: NODELAY ⇒ [BIND_ADDRESS_NO_PORT ⇒ bind] → connect → timeout. Hard links keep
         // the chain going when a socket option cannot be set; a failed bind cancels the connect.
-        let nodelay = opcode::SetSockOpt::new(
-            types::Fixed(slot),
-            libc::IPPROTO_TCP as u32,
-            libc::TCP_NODELAY as u32,
-            val,
-            int_len,
-        )
-        .build()
-        .flags(squeue::Flags::IO_HARDLINK)
-        .user_data(op::encode(OpKind::SetOpt, idx, id.generation));
+        let nodelay = self
+            .io
+            .set_one(slot, libc::IPPROTO_TCP, libc::TCP_NODELAY)
+            .user_data(op::encode(OpKind::SetOpt, idx, id.generation));
         self.io.push(nodelay);
         if let Some((src_ptr, src_len)) = src {
-            let no_port = opcode::SetSockOpt::new(
-                types::Fixed(slot),
-                libc::IPPROTO_IP as u32,
-                libc::IP_BIND_ADDRESS_NO_PORT as u32,
-                val,
-                int_len,
-            )
-            .build()
-            .flags(squeue::Flags::IO_HARDLINK)
-            .user_data(op::encode(OpKind::SetOpt, idx, id.generation));
+            let no_port = self
+                .io
+                .set_one(slot, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)
+                .user_data(op::encode(OpKind::SetOpt, idx, id.generation));
             let bind = opcode::Bind::new(types::Fixed(slot), src_ptr, src_len)
                 .build()
                 .flags(squeue::Flags::IO_LINK)
