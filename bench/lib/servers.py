@@ -1,0 +1,397 @@
+"""servers: the backends and proxies a benchmark puts under load, each started and stopped here.
+
+Owns: finding/building the project binaries (ringproxy, loadgen), a private MariaDB (temp datadir,
+free loopback port, user app/app, database app, anonymous users dropped), loadgen's mock server,
+and the proxies compared: ringproxy, HAProxy (TCP mode), ProxySQL and MySQL Proxy 0.8 (the last
+two only when PROXYSQL_BIN / MYSQL_PROXY_BIN name binaries). Every server is a procs.Child, so it
+is stopped when the benchmark ends however it ends.
+"""
+import atexit
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import procfs
+import procs
+
+REPO = Path(__file__).resolve().parents[2]
+USER, PASSWORD, DB = "app", "app", "app"
+
+
+class Unavailable(Exception):
+    """A peer that cannot run here (binary missing); the row is printed as skipped."""
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def find_binary(name):
+    for d in os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/usr/local/sbin", "/usr/bin",
+                                                       "/usr/local/bin"]:
+        p = Path(d) / name
+        if d and p.is_file() and os.access(p, os.X_OK):
+            return str(p)
+    return None
+
+
+def require_binary(name, hint):
+    p = find_binary(name)
+    if p is None:
+        raise SystemExit(f"bench: `{name}` not found: {hint}")
+    return p
+
+
+def target_dir():
+    return Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+
+
+def build_release():
+    """`cargo build --release` of the proxy and loadgen; exits with cargo's output on failure."""
+    log("cargo build --release --workspace --bins")
+    p = subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=REPO,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout.decode(errors="replace")[-4000:])
+        raise SystemExit("bench: cargo build --release failed")
+
+
+def project_binary(name):
+    """RINGPROXY_BIN / LOADGEN_BIN if set, else the release build in the cargo target dir."""
+    env = os.environ.get(f"{name.upper()}_BIN")
+    path = Path(env) if env else target_dir() / "release" / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise SystemExit(f"bench: no {name} binary at {path} (build with `cargo build --release "
+                         f"--workspace --bins`, or set {name.upper()}_BIN)")
+    return str(path)
+
+
+def nofile_hard():
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def raise_nofile():
+    """Raises our soft RLIMIT_NOFILE to the hard limit; children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Workdir:
+    """A temp directory for configs, data and logs; removed on close (at the latest when the
+    benchmark exits, after its servers were stopped) unless BENCH_KEEP is set."""
+
+    _open = []
+
+    def __init__(self, prefix):
+        self.path = Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
+        Workdir._open.append(self)
+
+    def close(self):
+        if self in Workdir._open:
+            Workdir._open.remove(self)
+        if os.environ.get("BENCH_KEEP"):
+            log(f"keeping {self.path} (BENCH_KEEP)")
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    @classmethod
+    def close_all(cls):
+        procs.stop_all()  # nothing may still write into them
+        while cls._open:
+            cls._open[-1].close()
+
+
+atexit.register(Workdir.close_all)
+
+
+class Server:
+    """Common shape: `name`, `port`, `child` (None for direct), `addr`."""
+
+    name = "?"
+    child = None
+    port = None
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.port}"
+
+    def cpu_pid(self):
+        """The process whose CPU a loadgen run measures with --pid (the busiest of the tree)."""
+        if self.child is None:
+            return None
+        best, best_threads = self.child.pid, -1
+        for p in procfs.tree(self.child.pid):
+            try:
+                threads = len(os.listdir(f"/proc/{p}/task"))
+            except OSError:
+                continue
+            if threads > best_threads:
+                best, best_threads = p, threads
+        return best
+
+    def cpu_seconds(self):
+        """CPU seconds of the whole process tree so far (None for direct)."""
+        return None if self.child is None else procfs.tree_cpu_seconds(self.child.pid)
+
+    def rss_kib(self):
+        return None if self.child is None else procfs.tree_rss_kib(self.child.pid)
+
+    def _wait_listening(self, timeout):
+        if not procfs.wait_port(self.port, timeout, alive=self.child.alive):
+            tail = self.child.log_tail()
+            self.child.stop()
+            raise RuntimeError(f"{self.name} did not accept on {self.addr} within {timeout} s; "
+                               f"log tail:\n{tail}")
+
+    def stop(self):
+        if self.child is not None:
+            self.child.stop()
+        wd = getattr(self, "workdir", None)
+        if wd is not None:
+            wd.close()
+
+
+class MariaDB(Server):
+    """A private MariaDB: mariadb-install-db into a temp dir, mariadbd --no-defaults on a free
+    port. `extra` adds mariadbd options (e.g. the thread pool for the connection scenario)."""
+
+    name = "mariadb"
+
+    def __init__(self, max_connections=5000, extra=()):
+        hint = "install Debian's MariaDB: apt-get install -y mariadb-server mariadb-client"
+        self.mariadbd = require_binary("mariadbd", hint)
+        self.install_db = require_binary("mariadb-install-db", hint)
+        self.cli = require_binary("mariadb", hint)
+        self.workdir = Workdir("mariadb")
+        root = self.workdir.path
+        self.datadir = root / "data"
+        self.socket = root / "mysqld.sock"
+        innodb = ["--innodb-buffer-pool-size=256M", "--innodb-log-file-size=64M",
+                  "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0"]
+        log(f"mariadb-install-db into {self.datadir}")
+        p = procs.run([self.install_db, "--no-defaults", "--user=root", f"--datadir={self.datadir}",
+                       "--auth-root-authentication-method=socket", "--skip-test-db", *innodb],
+                      timeout=120)
+        if p.returncode != 0:
+            self.workdir.close()
+            raise RuntimeError(f"mariadb-install-db failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+        for _attempt in range(5):
+            self.port = procfs.free_port()
+            argv = [self.mariadbd, "--no-defaults", "--user=root", f"--datadir={self.datadir}",
+                    f"--socket={self.socket}", f"--pid-file={root / 'mysqld.pid'}",
+                    f"--log-error={root / 'error.log'}", f"--tmpdir={root}",
+                    "--bind-address=127.0.0.1", f"--port={self.port}", "--skip-name-resolve",
+                    "--skip-log-bin", f"--max-connections={max_connections}",
+                    "--max-allowed-packet=64M", "--performance-schema=OFF",
+                    "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci",
+                    *innodb, *extra]
+            self.child = procs.Child("mariadbd", argv, root / "stdout.log")
+            if procs.sleep_until(lambda: not self.child.alive() or self._answers(), 60):
+                if self.child.alive():
+                    break
+            err_log = root / "error.log"
+            err = err_log.read_text(errors="replace") if err_log.exists() else ""
+            self.child.stop()
+            if "Address already in use" not in err:
+                self.workdir.close()
+                raise RuntimeError(f"mariadbd did not start:\n{err[-3000:]}")
+        else:
+            self.workdir.close()
+            raise RuntimeError("mariadbd: no free port after 5 attempts")
+        self.root_sql(f"""
+            DELETE FROM mysql.global_priv WHERE User = '';
+            FLUSH PRIVILEGES;
+            CREATE DATABASE IF NOT EXISTS {DB};
+            CREATE USER {USER}@'%' IDENTIFIED VIA mysql_native_password
+                USING PASSWORD('{PASSWORD}');
+            GRANT ALL ON *.* TO {USER}@'%';
+            FLUSH PRIVILEGES;""")
+        log(f"MariaDB {self.root_sql('SELECT VERSION()').strip()} on {self.addr} "
+            f"(pid {self.child.pid}, max_connections "
+            f"{self.root_sql('SELECT @@max_connections').strip()})")
+
+    def _answers(self):
+        if not self.socket.exists():
+            return False
+        try:
+            p = procs.run([self.cli, "--no-defaults", f"--socket={self.socket}", "-uroot",
+                           "--batch", "--skip-column-names", "-e", "SELECT @@port"], timeout=10)
+        except TimeoutError:
+            return False
+        return p.returncode == 0 and p.stdout.strip() == str(self.port)
+
+    def root_sql(self, sql):
+        p = procs.run([self.cli, "--no-defaults", f"--socket={self.socket}", "-uroot", "--batch",
+                       "--skip-column-names", "-e", sql], timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"SQL failed: {sql.strip()[:200]}\n{p.stderr}")
+        return p.stdout
+
+    def stop(self):
+        if self.child is not None:
+            self.child.stop(timeout=60)
+        self.workdir.close()
+
+
+class MockServer(Server):
+    """loadgen's mock MySQL server (`loadgen serve`): answers every query with a fixed
+    resultset, so a proxy in front of it is the bottleneck."""
+
+    name = "mock"
+
+    def __init__(self, loadgen, threads=None, extra=()):
+        self.workdir = Workdir("mock")
+        self.port = procfs.free_port()
+        argv = [loadgen, "serve", "--listen", self.addr, *extra]
+        if threads:
+            argv += ["--threads", threads]
+        self.child = procs.Child("loadgen-serve", argv, self.workdir.path / "serve.log")
+        self._wait_listening(15)
+        log(f"mock server (loadgen serve) on {self.addr} (pid {self.child.pid})")
+
+
+class Direct(Server):
+    """No proxy: the client talks to the backend itself."""
+
+    name = "direct"
+
+    def __init__(self, backend):
+        self.port = backend.port
+
+
+class RingProxy(Server):
+    name = "ringproxy"
+
+    def __init__(self, binary, backend, workers=2, max_connections=None, extra=()):
+        self.workdir = Workdir("ringproxy")
+        self.port = procfs.free_port()
+        argv = [binary, "--listen", self.addr, "--backend", backend.addr, "--workers", workers,
+                "--log-level", "warn", *extra]
+        if max_connections:
+            argv += ["--max-connections", max_connections]
+        self.child = procs.Child("ringproxy", argv, self.workdir.path / "ringproxy.log")
+        self._wait_listening(15)
+        log(f"ringproxy on {self.addr} -> {backend.addr} (pid {self.child.pid}, {workers} workers)")
+
+
+class HAProxy(Server):
+    """Debian's HAProxy in TCP mode: the floor for any proxy (no protocol work at all)."""
+
+    name = "haproxy"
+
+    def __init__(self, backend, threads=2, maxconn=None):
+        binary = find_binary("haproxy")
+        if binary is None:
+            raise Unavailable("haproxy not installed (apt-get install -y haproxy)")
+        self.workdir = Workdir("haproxy")
+        self.port = procfs.free_port()
+        # Each proxied connection takes two descriptors; leave room for the rest.
+        maxconn = maxconn or max(1000, (nofile_hard() - 200) // 2)
+        cfg = self.workdir.path / "haproxy.cfg"
+        cfg.write_text(f"""global
+    nbthread {threads}
+    maxconn {maxconn}
+    log stdout format raw local0 err
+
+defaults
+    mode tcp
+    maxconn {maxconn}
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+
+frontend mysql_in
+    bind 127.0.0.1:{self.port}
+    default_backend mysql_out
+
+backend mysql_out
+    server db1 {backend.addr} maxconn {maxconn}
+""")
+        self.child = procs.Child("haproxy", [binary, "-db", "-f", cfg],
+                                 self.workdir.path / "haproxy.log")
+        self._wait_listening(15)
+        log(f"haproxy on {self.addr} -> {backend.addr} (pid {self.child.pid}, nbthread {threads})")
+
+
+class ProxySQL(Server):
+    """ProxySQL from $PROXYSQL_BIN (not packaged in Debian): `threads` MySQL worker threads,
+    monitor off, one hostgroup with the backend, user app/app."""
+
+    name = "proxysql"
+
+    def __init__(self, backend, threads=2, max_connections=20000):
+        binary = os.environ.get("PROXYSQL_BIN")
+        if not binary:
+            raise Unavailable("PROXYSQL_BIN not set")
+        if not os.access(binary, os.X_OK):
+            raise Unavailable(f"PROXYSQL_BIN={binary} is not an executable")
+        self.workdir = Workdir("proxysql")
+        d = self.workdir.path
+        self.port = procfs.free_port()
+        admin_port = procfs.free_port()
+        cfg = d / "proxysql.cnf"
+        cfg.write_text(f"""datadir="{d}"
+errorlog="{d}/proxysql.log"
+admin_variables=
+{{
+    admin_credentials="admin:admin"
+    mysql_ifaces="127.0.0.1:{admin_port}"
+}}
+mysql_variables=
+{{
+    threads={threads}
+    max_connections={max_connections}
+    interfaces="127.0.0.1:{self.port}"
+    monitor_enabled=false
+    have_ssl=false
+    connect_timeout_server=5000
+    default_query_timeout=3600000
+    poll_timeout=2000
+}}
+mysql_servers=
+(
+    {{ address="127.0.0.1", port={backend.port}, hostgroup=0, max_connections={max_connections} }}
+)
+mysql_users=
+(
+    {{ username="{USER}", password="{PASSWORD}", default_hostgroup=0,
+       max_connections={max_connections}, default_schema="{DB}" }}
+)
+""")
+        self.child = procs.Child("proxysql", [binary, "-f", "--initial", "--no-monitor", "-c", cfg,
+                                              "-D", d], d / "stdout.log")
+        self._wait_listening(30)
+        log(f"proxysql on {self.addr} -> {backend.addr} (pid {self.child.pid}, {threads} threads)")
+
+
+class MySQLProxy(Server):
+    """MySQL Proxy 0.8 from $MYSQL_PROXY_BIN (not packaged in Debian), proxy plugin only."""
+
+    name = "mysql-proxy"
+
+    def __init__(self, backend, threads=2):
+        binary = os.environ.get("MYSQL_PROXY_BIN")
+        if not binary:
+            raise Unavailable("MYSQL_PROXY_BIN not set")
+        if not os.access(binary, os.X_OK):
+            raise Unavailable(f"MYSQL_PROXY_BIN={binary} is not an executable")
+        self.workdir = Workdir("mysql-proxy")
+        self.port = procfs.free_port()
+        argv = [binary, "--plugins=proxy", f"--proxy-address={self.addr}",
+                f"--proxy-backend-addresses={backend.addr}", f"--event-threads={threads}",
+                "--log-level=warning", f"--max-open-files={nofile_hard()}"]
+        self.child = procs.Child("mysql-proxy", argv, self.workdir.path / "mysql-proxy.log")
+        self._wait_listening(15)
+        log(f"mysql-proxy on {self.addr} -> {backend.addr} (pid {self.child.pid}, "
+            f"{threads} event threads)")
+
+
+def settle(seconds=0.5):
+    """A short pause between runs so TIME_WAIT churn and the previous run's tail settle."""
+    time.sleep(seconds)
