@@ -113,10 +113,6 @@ impl BufRing {
         Ok(br)
     }
 
-    pub fn buffer_size(&self) -> u32 {
-        self.size
-    }
-
     pub fn count(&self) -> u16 {
         self.count
     }

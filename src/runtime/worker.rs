@@ -143,7 +143,6 @@ struct Sock {
     send_inflight: bool,
     dirty: bool,
     more: bool,
-    connect_timed_out: bool,
     /// Addresses of a connect in flight (kept until its completion).
     addr: Option<Box<ConnectAddrs>>,
     /// Errno of a failed bind to the source address (the linked connect then reports it).
@@ -171,7 +170,6 @@ impl Sock {
             send_inflight: false,
             dirty: false,
             more: false,
-            connect_timed_out: false,
             addr: None,
             bind_error: 0,
         }
@@ -313,11 +311,6 @@ impl Io {
     /// Bytes queued and not yet acknowledged by a send completion.
     pub fn queued(&self, id: SockId) -> usize {
         self.sock(id).map_or(0, |s| s.queued)
-    }
-
-    /// Receive buffers the kernel can still fill, and the total.
-    pub fn buffers_free(&self) -> (u32, u16) {
-        (self.bufs.free(), self.bufs.count())
     }
 
     /// Starts a TCP connection to `addr` through the ring (socket, TCP_NODELAY, connect with the
@@ -848,10 +841,9 @@ impl<S: Service> Worker<S> {
                 self.io.maybe_free(idx);
             }
             OpKind::ConnectTimeout => {
+                // -ETIME when it fired (the connect then completes with -ECANCELED and is
+                // reported as timed out), -ECANCELED when the connect finished first.
                 self.io.socks[idx as usize].inflight -= 1;
-                if res == -libc::ETIME {
-                    self.io.socks[idx as usize].connect_timed_out = true;
-                }
                 self.io.maybe_free(idx);
             }
             OpKind::Close => {

@@ -19,7 +19,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::protocol::constants::*;
 use crate::protocol::framing::{PacketHead, PacketStream};
@@ -657,8 +656,6 @@ impl Service for Proxy {
             }
         }
     }
-
-    fn on_tick(&mut self, _io: &mut Io, _now: Instant) {}
 
     fn on_shutdown(&mut self, io: &mut Io) {
         self.draining = true;
