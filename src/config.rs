@@ -3,42 +3,25 @@
 //! merged values are validated into a [`Config`]. Every limit of the proxy lives here, together with
 //! the arithmetic that decides how many connections the io_uring fixed-file tables can hold.
 //!
+//! Every key is declared once, in the `config_keys!` table below: its [`Config`] field and type,
+//! its TOML section and name, its flag (and MySQL Proxy alias), its [`Kind`] of value, its default
+//! and its help text (the doc comment). From that one entry come the [`Config`] field, the [`Cli`]
+//! option, the [`FileConfig`] slot, the layering (file, then command line) and the line of
+//! [`Config::summary`]. Checks that involve more than one key or the host (the fixed-file ceiling,
+//! `send_high_water >= buffer_size`, ...) are code in `Merged::validate`.
+//!
 //! Errors ([`ConfigError`]) always name the offending key: its TOML path (`proxy.listen`) when the
 //! value came from the file or a default, its flag (`--listen`) when it came from the command line.
 
-use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::fmt::Debug;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::Parser;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use clap::{
+    value_parser, Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser,
+};
+use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
-
-/// The validated configuration the rest of the proxy reads. All sizes in bytes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub listen: Vec<SocketAddr>,
-    pub backends: Vec<SocketAddr>,
-    /// Client connections allowed at once, whole proxy.
-    pub max_connections: usize,
-    /// Largest logical packet a client may send (larger ones end that client).
-    pub max_packet_size: usize,
-    pub connect_timeout_ms: u64,
-    pub drain_timeout_ms: u64,
-    /// Worker threads, resolved (never 0).
-    pub workers: usize,
-    pub pin_cpus: bool,
-    pub ring_entries: u32,
-    /// Size of each provided receive buffer.
-    pub buffer_size: u32,
-    /// Provided receive buffers per worker (power of two).
-    pub buffer_count: u16,
-    /// Unsent bytes queued for one connection above which the proxy stops reading its peer.
-    pub send_high_water: usize,
-    pub log_level: log::LevelFilter,
-    /// Where to write the summed per-worker counters as JSON, about once a second and at exit.
-    pub stats_file: Option<std::path::PathBuf>,
-}
 
 /// Fixed-file slots each worker keeps back from client connections: for the listener and for
 /// accepting a connection only to refuse it (over `max_connections`) with a proper error packet.
@@ -53,27 +36,310 @@ const MAX_FIXED_FILE_SLOTS: u64 = 1 << 20;
 /// Used only if `getrlimit(RLIMIT_NOFILE)` itself fails: the usual Linux default soft limit.
 const FALLBACK_NOFILE: u64 = 1024;
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:6033";
+/// `proxy.max_connections` when not set (lowered to what the host can hold).
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
-pub const DEFAULT_MAX_PACKET_SIZE: u64 = 64 * MIB;
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
-pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
-pub const DEFAULT_WORKERS: u64 = 0;
-pub const DEFAULT_PIN_CPUS: bool = true;
-pub const DEFAULT_RING_ENTRIES: u64 = 4096;
-pub const DEFAULT_BUFFER_SIZE: u64 = 16 * KIB;
-pub const DEFAULT_BUFFER_COUNT: u64 = 1024;
-pub const DEFAULT_SEND_HIGH_WATER: u64 = MIB;
-pub const DEFAULT_LOG_LEVEL: log::LevelFilter = log::LevelFilter::Info;
-
 /// Largest worker count accepted (after resolving 0 to the number of cores).
 pub const MAX_WORKERS: u64 = 1024;
-/// Longest connect or drain timeout accepted: one day.
+/// Longest timeout accepted: one day.
 pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// "No upper bound", as the MAX of a kind.
+pub const NO_MAX: u64 = u64::MAX;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
+const TIB: u64 = 1024 * GIB;
+
+/// One configuration key's names and help, as declared in `config_keys!`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeySpec {
+    /// TOML table the key lives in (`proxy`).
+    pub section: &'static str,
+    /// Name inside that table (`listen`).
+    pub name: &'static str,
+    /// `section.name`: how errors name the key when its value came from the file or a default.
+    pub path: &'static str,
+    /// Long option without dashes (`listen`), also its clap argument id.
+    pub long: &'static str,
+    /// `--long`: how errors name the key when its value came from the command line.
+    pub flag: &'static str,
+    /// `no-long`, the negating option of an on/off key (other kinds have none).
+    pub negation: &'static str,
+    /// MySQL Proxy's name for the option, accepted as a visible alias.
+    pub alias: Option<&'static str>,
+    /// What the key means: the doc comment of its declaration.
+    pub help: &'static str,
+}
+
+/// `Some(x)` for a given `x`, else `None` (for the optional parts of a declaration).
+macro_rules! optional {
+    () => {
+        None
+    };
+    ($value:expr) => {
+        Some($value)
+    };
+}
+
+/// Generates, from the one declaration of every key: [`Config`], [`keys`] and [`KEYS`], [`Cli`]
+/// with its clap parsing, [`FileConfig`] with its key lookup, and `Merged` (the layering and the
+/// per-key checks).
+macro_rules! config_keys {
+    ($(
+        $(#[doc = $doc:literal])+
+        $field:ident: $ty:ty {
+            key: $section:ident . $name:ident, flag: $long:literal $(| $alias:literal)?,
+            kind: $kind:ty, default: $default:expr $(,)?
+        }
+    )+) => {
+        /// The validated configuration the rest of the proxy reads. All sizes in bytes.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Config {
+            $($(#[doc = $doc])+ pub $field: $ty,)+
+        }
+
+        /// The declaration of every key, by [`Config`] field name.
+        #[allow(non_upper_case_globals)]
+        pub mod keys {
+            use super::KeySpec;
+            $($(#[doc = $doc])+ pub static $field: KeySpec = KeySpec {
+                section: stringify!($section),
+                name: stringify!($name),
+                path: concat!(stringify!($section), ".", stringify!($name)),
+                long: $long,
+                flag: concat!("--", $long),
+                negation: concat!("no-", $long),
+                alias: optional!($($alias)?),
+                help: concat!($($doc),+),
+            };)+
+        }
+
+        /// Every key, in declaration order (the order of `--help` and of the summary).
+        pub static KEYS: &[&KeySpec] = &[$(&keys::$field),+];
+
+        /// Command line. Every option overrides the same key of the `--config` file; an option not
+        /// given holds its empty value (`None`, an empty list).
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct Cli {
+            /// TOML configuration file, read before the command-line options are applied.
+            pub config: Option<PathBuf>,
+            $($(#[doc = $doc])+ pub $field: CliOf<$kind, $ty>,)+
+            /// Validate the configuration, print the effective settings and exit.
+            pub check_config: bool,
+        }
+
+        impl FromArgMatches for Cli {
+            fn from_arg_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+                Ok(Cli {
+                    config: matches.get_one::<PathBuf>(CONFIG_ARG).cloned(),
+                    $($field: <RawOf<$kind, $ty>>::from_matches(matches, &keys::$field),)+
+                    check_config: matches.get_flag(CHECK_CONFIG_ARG),
+                })
+            }
+
+            fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+                *self = Cli::from_arg_matches(matches)?;
+                Ok(())
+            }
+        }
+
+        /// The options of every key, in declaration order.
+        fn key_args() -> Vec<Arg> {
+            [$(args_for::<$kind, $ty>(&keys::$field, $default)),+].concat()
+        }
+
+        /// The TOML file as written: each key's value if the file sets it.
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct FileConfig {
+            $(pub $field: Option<RawOf<$kind, $ty>>,)+
+        }
+
+        impl FileConfig {
+            /// Stores the file's value of `section.name`; unknown keys and wrong types are refused.
+            fn set(
+                &mut self,
+                (section, name): (&str, &str),
+                value: toml::Value,
+                origin: &str,
+            ) -> Result<(), ConfigError> {
+                $(if (section, name) == (keys::$field.section, keys::$field.name) {
+                    self.$field = Some(read_value(value, &keys::$field, origin)?);
+                    return Ok(());
+                })+
+                Err(unknown_key(section, name, origin))
+            }
+        }
+
+        /// File values with command-line values laid over them, not yet validated.
+        struct Merged {
+            $($field: Layered<RawOf<$kind, $ty>>,)+
+        }
+
+        impl Merged {
+            fn new(file: FileConfig, cli: &Cli) -> Merged {
+                Merged {
+                    $($field: Layered::pick(
+                        &keys::$field,
+                        <$kind as Kind<$ty>>::raw_default($default),
+                        file.$field,
+                        <RawOf<$kind, $ty>>::from_cli(&cli.$field),
+                    ),)+
+                }
+            }
+
+            /// Every key checked on its own, by its kind.
+            fn check_each(&self) -> Result<Config, ConfigError> {
+                Ok(Config {
+                    $($field: self.$field.check::<$kind, $ty>()?,)+
+                })
+            }
+        }
+
+        impl Config {
+            /// Every key with its value as TOML and its kind's comment, in declaration order.
+            fn rendered(&self) -> Vec<Rendered> {
+                vec![$(Rendered {
+                    key: &keys::$field,
+                    value: <$kind as Kind<$ty>>::render(&self.$field),
+                    comment: <$kind as Kind<$ty>>::comment(&self.$field),
+                }),+]
+            }
+        }
+    };
+}
+
+config_keys! {
+    /// Addresses (IP:PORT) to accept clients on; repeatable and/or comma-separated.
+    listen: Vec<SocketAddr> {
+        key: proxy.listen, flag: "listen" | "proxy-address",
+        kind: Addrs, default: &["127.0.0.1:6033"],
+    }
+    /// Backend MySQL servers (IP:PORT), used round-robin; repeatable and/or comma-separated;
+    /// required.
+    backends: Vec<SocketAddr> {
+        key: proxy.backends, flag: "backend" | "proxy-backend-addresses",
+        kind: Addrs, default: &[],
+    }
+    /// Local address (an IP address, no port) backend connections of its address family are made
+    /// from, e.g. 127.0.0.2 or one of the host's addresses; unset, the kernel chooses.
+    backend_source: Option<IpAddr> {
+        key: proxy.backend_source, flag: "backend-source",
+        kind: Ip, default: None,
+    }
+    /// Client connections allowed at once, whole proxy; when not set, the default is lowered to
+    /// what the host can hold.
+    max_connections: usize {
+        key: proxy.max_connections, flag: "max-connections",
+        kind: Int<1, NO_MAX>, default: DEFAULT_MAX_CONNECTIONS,
+    }
+    /// Client connections from one IP address at once; 0 = unlimited.
+    max_connections_per_source: usize {
+        key: proxy.max_connections_per_source, flag: "max-connections-per-source",
+        kind: Int<0, NO_MAX>, default: 0,
+    }
+    /// Largest logical packet a client may send; a larger one ends that client.
+    max_packet_size: usize {
+        key: proxy.max_packet_size, flag: "max-packet-size",
+        kind: Size<KIB, GIB>, default: "1GiB",
+    }
+    /// Heap memory of queued output and buffers all workers together may hold; above it the proxy
+    /// stops reading what would be copied and refuses new clients.
+    max_memory: usize {
+        key: proxy.max_memory, flag: "max-memory",
+        kind: Limit<{ 16 * MIB }, TIB>, default: "1GiB",
+    }
+    /// Backend connect timeout, in milliseconds.
+    connect_timeout_ms: u64 {
+        key: proxy.connect_timeout_ms, flag: "connect-timeout-ms",
+        kind: Int<1, MAX_TIMEOUT_MS>, default: 5_000,
+    }
+    /// Time a client has from accept to the end of its authentication, in milliseconds.
+    handshake_timeout_ms: u64 {
+        key: proxy.handshake_timeout_ms, flag: "handshake-timeout-ms",
+        kind: Int<1, MAX_TIMEOUT_MS>, default: 10_000,
+    }
+    /// A client connection idle (no command in progress) this long is closed, in milliseconds;
+    /// 0 = never.
+    idle_timeout_ms: u64 {
+        key: proxy.idle_timeout_ms, flag: "idle-timeout-ms",
+        kind: Int<0, MAX_TIMEOUT_MS>, default: 0,
+    }
+    /// On SIGINT/SIGTERM, how long in-flight queries may finish, in milliseconds.
+    drain_timeout_ms: u64 {
+        key: proxy.drain_timeout_ms, flag: "drain-timeout-ms",
+        kind: Int<0, MAX_TIMEOUT_MS>, default: 10_000,
+    }
+    /// How long a connection being closed may take to send what is queued for it before it is
+    /// closed hard, in milliseconds.
+    linger_timeout_ms: u64 {
+        key: proxy.linger_timeout_ms, flag: "linger-timeout-ms",
+        kind: Int<1, MAX_TIMEOUT_MS>, default: 5_000,
+    }
+    /// Backend connections per worker kept connected with their greeting received, handed to new
+    /// clients (hides connect time; lets the proxy retire a connection cleanly when a client
+    /// leaves mid-handshake).
+    prewarm: usize {
+        key: proxy.prewarm, flag: "prewarm",
+        kind: Int<0, 1024>, default: 2,
+    }
+    /// How long a prewarmed backend connection may wait for a client, in milliseconds; older ones
+    /// are retired cleanly. Must be below backend_handshake_timeout_ms.
+    prewarm_max_age_ms: u64 {
+        key: proxy.prewarm_max_age_ms, flag: "prewarm-max-age-ms",
+        kind: Int<100, 60_000>, default: 2_000,
+    }
+    /// How long a backend connection may stay in its handshake (greeting to end of
+    /// authentication) before the proxy ends it cleanly, in milliseconds. Keep it below the
+    /// servers' connect_timeout (10 s by default in MySQL and MariaDB), which counts an unfinished
+    /// handshake against the proxy's host (max_connect_errors).
+    backend_handshake_timeout_ms: u64 {
+        key: proxy.backend_handshake_timeout_ms, flag: "backend-handshake-timeout-ms",
+        kind: Int<1_000, MAX_TIMEOUT_MS>, default: 8_000,
+    }
+    /// Worker threads, may exceed the core count; a validated configuration holds the resolved
+    /// count, never 0.
+    workers: usize {
+        key: runtime.workers, flag: "workers" | "event-threads",
+        kind: Workers<MAX_WORKERS>, default: 0,
+    }
+    /// Pin each worker to a CPU.
+    pin_cpus: bool {
+        key: runtime.pin_cpus, flag: "pin-cpus",
+        kind: Switch, default: true,
+    }
+    /// Submission-queue entries per worker ring.
+    ring_entries: u32 {
+        key: runtime.ring_entries, flag: "ring-entries",
+        kind: PowerOfTwo<64, 32_768>, default: 4096,
+    }
+    /// Size of each provided receive buffer.
+    buffer_size: u32 {
+        key: runtime.buffer_size, flag: "buffer-size",
+        kind: Size<{ 4 * KIB }, MIB>, default: "16KiB",
+    }
+    /// Provided receive buffers per worker.
+    buffer_count: u16 {
+        key: runtime.buffer_count, flag: "buffer-count",
+        kind: PowerOfTwo<16, 32_768>, default: 1024,
+    }
+    /// Unsent bytes queued for one connection above which the proxy stops reading its peer; at
+    /// least buffer_size.
+    send_high_water: usize {
+        key: runtime.send_high_water, flag: "send-high-water",
+        kind: Size<0, NO_MAX>, default: "1MiB",
+    }
+    /// Log level (RUST_LOG is not consulted).
+    log_level: log::LevelFilter {
+        key: log.level, flag: "log-level",
+        kind: Level, default: log::LevelFilter::Info,
+    }
+    /// Where to write the summed per-worker counters as JSON, about once a second and at exit
+    /// (for benchmarks).
+    stats_file: Option<PathBuf> {
+        key: log.stats_file, flag: "stats-file",
+        kind: FilePath, default: None,
+    }
+}
 
 /// Fixed-file table size one worker ring can have: the soft RLIMIT_NOFILE (the kernel refuses to
 /// register more direct descriptors than that per ring), capped at 2^20.
@@ -147,111 +413,361 @@ impl ConfigError {
     }
 }
 
-/// Command line. Every option overrides the same key of the `--config` file.
-#[derive(Parser, Debug, Clone, Default, PartialEq)]
-#[command(
-    name = "ringproxy",
-    version,
-    about = "A MySQL-protocol proxy for Linux on io_uring",
-    long_about = "A MySQL-protocol proxy for Linux on io_uring.\n\n\
-        Settings are read from the TOML file given by --config (alias --defaults-file) first; \
-        command-line options then override it key by key. Address lists accept the option \
-        repeated and/or comma-separated values. Sizes accept a number of bytes or a number with \
-        a B, KiB, MiB, GiB, K, M or G suffix (K = KiB, M = MiB, G = GiB)."
-)]
-pub struct Cli {
-    /// TOML configuration file, read before the command-line options are applied.
-    #[arg(long = "config", visible_alias = "defaults-file", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+// ---- Kinds of value -------------------------------------------------------------------------
 
-    /// Address to accept clients on, IP:PORT (repeatable, comma-separated) [default: 127.0.0.1:6033]
-    #[arg(
-        long = "listen",
-        visible_alias = "proxy-address",
-        value_name = "ADDR",
-        value_delimiter = ','
-    )]
-    pub listen: Vec<String>,
-
-    /// Backend MySQL server, IP:PORT (repeatable, comma-separated); required
-    #[arg(
-        long = "backend",
-        visible_alias = "proxy-backend-addresses",
-        value_name = "ADDR",
-        value_delimiter = ','
-    )]
-    pub backends: Vec<String>,
-
-    /// Client connections allowed at once, whole proxy [default: 10000]
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<u64>,
-
-    /// Largest packet a client may send, 1KiB..=1GiB [default: 64MiB]
-    #[arg(long, value_name = "SIZE")]
-    pub max_packet_size: Option<String>,
-
-    /// Backend connect timeout in milliseconds [default: 5000]
-    #[arg(long, value_name = "N")]
-    pub connect_timeout_ms: Option<u64>,
-
-    /// On SIGINT/SIGTERM, how long in-flight queries may finish, in milliseconds [default: 10000]
-    #[arg(long, value_name = "N")]
-    pub drain_timeout_ms: Option<u64>,
-
-    /// Worker threads; 0 = one per core; may exceed the core count, at most 1024 [default: 0]
-    #[arg(long, visible_alias = "event-threads", value_name = "N")]
-    pub workers: Option<u64>,
-
-    /// Pin each worker to a CPU [default]
-    #[arg(long, overrides_with = "no_pin_cpus")]
-    pub pin_cpus: bool,
-
-    /// Do not pin workers to CPUs
-    #[arg(long, overrides_with = "pin_cpus")]
-    pub no_pin_cpus: bool,
-
-    /// Submission-queue entries per worker ring, power of two in 64..=32768 [default: 4096]
-    #[arg(long, value_name = "N")]
-    pub ring_entries: Option<u64>,
-
-    /// Size of each provided receive buffer, 4KiB..=1MiB [default: 16KiB]
-    #[arg(long, value_name = "SIZE")]
-    pub buffer_size: Option<String>,
-
-    /// Provided receive buffers per worker, power of two in 16..=32768 [default: 1024]
-    #[arg(long, value_name = "N")]
-    pub buffer_count: Option<u64>,
-
-    /// Unsent bytes per connection above which the proxy stops reading its peer; >= buffer size [default: 1MiB]
-    #[arg(long, value_name = "SIZE")]
-    pub send_high_water: Option<String>,
-
-    /// Log level: error, warn, info, debug, trace or off (RUST_LOG is not consulted) [default: info]
-    #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
-
-    /// Write the proxy's counters as JSON to FILE about once a second and at exit (for benchmarks)
-    #[arg(long, value_name = "FILE")]
-    pub stats_file: Option<PathBuf>,
-
-    /// Validate the configuration, print the effective settings and exit
-    #[arg(long)]
-    pub check_config: bool,
+/// A kind of value: how it is written, checked and shown. `T` is the type of the [`Config`] field.
+pub trait Kind<T> {
+    /// The value as written in the file or given on the command line, before checking.
+    type Raw: Written;
+    /// What a key's declaration writes as its default.
+    type Default;
+    /// Placeholder of the value in `--help`.
+    const VALUE_NAME: &'static str;
+    fn raw_default(default: Self::Default) -> Self::Raw;
+    /// The values allowed, as `--help` describes them (`None`: any value of the raw type).
+    fn allowed() -> Option<String> {
+        None
+    }
+    /// The checked value, or what is wrong with it (the caller names the key).
+    fn check(raw: &Self::Raw) -> Result<T, String>;
+    /// The value as TOML for the summary; `None` leaves an unset optional key out.
+    fn render(value: &T) -> Option<String>;
+    /// A comment for the value's summary line.
+    fn comment(_value: &T) -> Option<String> {
+        None
+    }
 }
 
-impl Cli {
-    /// `Some(true)` for `--pin-cpus`, `Some(false)` for `--no-pin-cpus` (the last one given wins),
-    /// `None` when neither was given.
-    pub fn pin_cpus_override(&self) -> Option<bool> {
-        if self.pin_cpus {
-            Some(true)
-        } else if self.no_pin_cpus {
-            Some(false)
-        } else {
-            None
+/// The raw value of kind `K` for a field of type `T`.
+pub type RawOf<K, T> = <K as Kind<T>>::Raw;
+/// The command-line value of kind `K` for a field of type `T`.
+pub type CliOf<K, T> = <RawOf<K, T> as Written>::Cli;
+
+/// The command-line side of a raw value: the options that set it and what their matches give.
+pub trait Written: Clone + Debug + PartialEq + DeserializeOwned {
+    /// The options' parsed value; its `Default` means "not given".
+    type Cli: Clone + Debug + Default + PartialEq;
+    /// The options of `key`, from `arg` (id, names and help already set).
+    fn args(arg: Arg, key: &'static KeySpec, value_name: &'static str) -> Vec<Arg>;
+    fn from_matches(matches: &ArgMatches, key: &KeySpec) -> Self::Cli;
+    /// The raw value the command line gives, `None` if it gives none.
+    fn from_cli(cli: &Self::Cli) -> Option<Self>;
+    /// The value as `--help` shows a default (`None`: there is nothing to show).
+    fn default_text(&self) -> Option<String>;
+}
+
+/// A list of `IP:PORT` socket addresses, at least one, none twice.
+pub struct Addrs;
+/// An IP address without a port, optional.
+pub struct Ip;
+/// A whole number in `MIN..=MAX`.
+pub struct Int<const MIN: u64, const MAX: u64>;
+/// A power of two in `MIN..=MAX`.
+pub struct PowerOfTwo<const MIN: u64, const MAX: u64>;
+/// A thread count up to `MAX`, where 0 means one per core (resolved by `Merged::validate`).
+pub struct Workers<const MAX: u64>;
+/// A size in bytes (see [`parse_size`]) in `MIN..=MAX`.
+pub struct Size<const MIN: u64, const MAX: u64>;
+/// A size limit: 0 (no limit) or a size in `MIN..=MAX`.
+pub struct Limit<const MIN: u64, const MAX: u64>;
+/// On or off: `--flag` / `--no-flag` on the command line.
+pub struct Switch;
+/// A log level name.
+pub struct Level;
+/// A file path, optional.
+pub struct FilePath;
+
+impl Kind<Vec<SocketAddr>> for Addrs {
+    type Raw = AddrList;
+    type Default = &'static [&'static str];
+    const VALUE_NAME: &'static str = "ADDR";
+    fn raw_default(default: Self::Default) -> AddrList {
+        AddrList(default.iter().map(|a| a.to_string()).collect())
+    }
+    fn check(raw: &AddrList) -> Result<Vec<SocketAddr>, String> {
+        parse_addrs(&raw.0)
+    }
+    fn render(value: &Vec<SocketAddr>) -> Option<String> {
+        let quoted: Vec<String> = value.iter().map(|a| format!("\"{a}\"")).collect();
+        Some(format!("[{}]", quoted.join(", ")))
+    }
+}
+
+impl Kind<Option<IpAddr>> for Ip {
+    type Raw = Option<String>;
+    type Default = Option<IpAddr>;
+    const VALUE_NAME: &'static str = "IP";
+    fn raw_default(default: Option<IpAddr>) -> Option<String> {
+        default.map(|ip| ip.to_string())
+    }
+    fn check(raw: &Option<String>) -> Result<Option<IpAddr>, String> {
+        let parse = |text: &String| {
+            text.trim().parse().map_err(|_| {
+                format!("{text:?} is not a valid IP address (expected an address, no port)")
+            })
+        };
+        raw.as_ref().map(parse).transpose()
+    }
+    fn render(value: &Option<IpAddr>) -> Option<String> {
+        value.map(|ip| toml_string(&ip.to_string()))
+    }
+}
+
+impl<T: Num, const MIN: u64, const MAX: u64> Kind<T> for Int<MIN, MAX> {
+    type Raw = u64;
+    type Default = u64;
+    const VALUE_NAME: &'static str = "N";
+    fn raw_default(default: u64) -> u64 {
+        default
+    }
+    fn allowed() -> Option<String> {
+        range_text(MIN, MAX, number_text)
+    }
+    fn check(raw: &u64) -> Result<T, String> {
+        if !(MIN..=MAX).contains(raw) {
+            return Err(out_of_range(&raw.to_string(), MIN, MAX, number_text));
+        }
+        T::from_u64(*raw)
+    }
+    fn render(value: &T) -> Option<String> {
+        Some(value.to_u64().to_string())
+    }
+}
+
+impl<T: Num, const MIN: u64, const MAX: u64> Kind<T> for PowerOfTwo<MIN, MAX> {
+    type Raw = u64;
+    type Default = u64;
+    const VALUE_NAME: &'static str = "N";
+    fn raw_default(default: u64) -> u64 {
+        default
+    }
+    fn allowed() -> Option<String> {
+        Some(format!("a power of two in {MIN}..={MAX}"))
+    }
+    fn check(raw: &u64) -> Result<T, String> {
+        if !raw.is_power_of_two() || !(MIN..=MAX).contains(raw) {
+            return Err(format!(
+                "{raw} is not allowed (must be a power of two in {MIN}..={MAX})"
+            ));
+        }
+        T::from_u64(*raw)
+    }
+    fn render(value: &T) -> Option<String> {
+        Some(value.to_u64().to_string())
+    }
+}
+
+impl<T: Num, const MAX: u64> Kind<T> for Workers<MAX> {
+    type Raw = u64;
+    type Default = u64;
+    const VALUE_NAME: &'static str = "N";
+    fn raw_default(default: u64) -> u64 {
+        default
+    }
+    fn allowed() -> Option<String> {
+        Some(format!("allowed 0 = one per core, or 1..={MAX}"))
+    }
+    fn check(raw: &u64) -> Result<T, String> {
+        if *raw > MAX {
+            return Err(format!(
+                "{raw} workers is too many (allowed 0 = one per core, or 1..={MAX})"
+            ));
+        }
+        T::from_u64(*raw)
+    }
+    fn render(value: &T) -> Option<String> {
+        Some(value.to_u64().to_string())
+    }
+}
+
+impl<T: Num, const MIN: u64, const MAX: u64> Kind<T> for Size<MIN, MAX> {
+    type Raw = SizeSpec;
+    type Default = &'static str;
+    const VALUE_NAME: &'static str = "SIZE";
+    fn raw_default(default: &'static str) -> SizeSpec {
+        SizeSpec::Text(default.to_owned())
+    }
+    fn allowed() -> Option<String> {
+        range_text(MIN, MAX, format_size)
+    }
+    fn check(raw: &SizeSpec) -> Result<T, String> {
+        let bytes = raw.resolve()?;
+        if !(MIN..=MAX).contains(&bytes) {
+            return Err(out_of_range(&raw.shown(), MIN, MAX, format_size));
+        }
+        T::from_u64(bytes)
+    }
+    fn render(value: &T) -> Option<String> {
+        Some(size_toml(value.to_u64()))
+    }
+    fn comment(value: &T) -> Option<String> {
+        Some(format!("{} bytes", value.to_u64()))
+    }
+}
+
+impl<T: Num, const MIN: u64, const MAX: u64> Kind<T> for Limit<MIN, MAX> {
+    type Raw = SizeSpec;
+    type Default = &'static str;
+    const VALUE_NAME: &'static str = "SIZE";
+    fn raw_default(default: &'static str) -> SizeSpec {
+        SizeSpec::Text(default.to_owned())
+    }
+    fn allowed() -> Option<String> {
+        Some(format!(
+            "allowed 0 = no limit, or {}..={}",
+            format_size(MIN),
+            format_size(MAX)
+        ))
+    }
+    fn check(raw: &SizeSpec) -> Result<T, String> {
+        let bytes = raw.resolve()?;
+        if bytes != 0 && !(MIN..=MAX).contains(&bytes) {
+            let allowed = <Self as Kind<T>>::allowed().unwrap_or_default();
+            return Err(format!("{} is out of range ({allowed})", raw.shown()));
+        }
+        T::from_u64(bytes)
+    }
+    fn render(value: &T) -> Option<String> {
+        Some(size_toml(value.to_u64()))
+    }
+    fn comment(value: &T) -> Option<String> {
+        match value.to_u64() {
+            0 => Some("no limit".to_owned()),
+            bytes => Some(format!("{bytes} bytes")),
         }
     }
 }
+
+impl Kind<bool> for Switch {
+    type Raw = bool;
+    type Default = bool;
+    const VALUE_NAME: &'static str = "";
+    fn raw_default(default: bool) -> bool {
+        default
+    }
+    fn check(raw: &bool) -> Result<bool, String> {
+        Ok(*raw)
+    }
+    fn render(value: &bool) -> Option<String> {
+        Some(value.to_string())
+    }
+}
+
+impl Kind<log::LevelFilter> for Level {
+    type Raw = String;
+    type Default = log::LevelFilter;
+    const VALUE_NAME: &'static str = "LEVEL";
+    fn raw_default(default: log::LevelFilter) -> String {
+        default.as_str().to_ascii_lowercase()
+    }
+    fn allowed() -> Option<String> {
+        Some("one of error, warn, info, debug, trace, off".to_owned())
+    }
+    fn check(raw: &String) -> Result<log::LevelFilter, String> {
+        raw.trim().parse().map_err(|_| {
+            format!("{raw:?} is not a log level (expected error, warn, info, debug, trace or off)")
+        })
+    }
+    fn render(value: &log::LevelFilter) -> Option<String> {
+        Some(toml_string(&value.as_str().to_ascii_lowercase()))
+    }
+}
+
+impl Kind<Option<PathBuf>> for FilePath {
+    type Raw = Option<PathBuf>;
+    type Default = Option<PathBuf>;
+    const VALUE_NAME: &'static str = "FILE";
+    fn raw_default(default: Option<PathBuf>) -> Option<PathBuf> {
+        default
+    }
+    fn check(raw: &Option<PathBuf>) -> Result<Option<PathBuf>, String> {
+        Ok(raw.clone())
+    }
+    fn render(value: &Option<PathBuf>) -> Option<String> {
+        let path = value.as_ref()?;
+        Some(toml_string(&path.display().to_string()))
+    }
+}
+
+/// The range `MIN..=MAX` as `--help` describes it, `None` when it allows every value.
+fn range_text(min: u64, max: u64, show: fn(u64) -> String) -> Option<String> {
+    match (min, max) {
+        (0, NO_MAX) => None,
+        (_, NO_MAX) => Some(format!("at least {}", show(min))),
+        _ => Some(format!("allowed {}..={}", show(min), show(max))),
+    }
+}
+
+/// Why `shown` is not in `MIN..=MAX`.
+fn out_of_range(shown: &str, min: u64, max: u64, show: fn(u64) -> String) -> String {
+    if max == NO_MAX {
+        return format!("{shown} is too small (must be at least {})", show(min));
+    }
+    format!(
+        "{shown} is out of range (allowed {}..={})",
+        show(min),
+        show(max)
+    )
+}
+
+fn number_text(n: u64) -> String {
+    n.to_string()
+}
+
+/// A size as the summary writes it: `"64MiB"` when a binary unit divides it, else plain bytes.
+fn size_toml(bytes: u64) -> String {
+    let text = format_size(bytes);
+    if text.ends_with("iB") {
+        format!("\"{text}\"")
+    } else {
+        bytes.to_string()
+    }
+}
+
+/// `text` as a TOML string literal.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+fn parse_addrs(list: &[String]) -> Result<Vec<SocketAddr>, String> {
+    if list.is_empty() {
+        return Err("at least one address is required (IP:PORT)".to_owned());
+    }
+    let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
+    for text in list {
+        let addr: SocketAddr = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a valid address (expected IP:PORT)"))?;
+        if out.contains(&addr) {
+            return Err(format!("{addr} is listed twice"));
+        }
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+/// The unsigned integer types of [`Config`] fields; values are checked as `u64` first.
+pub trait Num: Copy {
+    fn from_u64(n: u64) -> Result<Self, String>;
+    fn to_u64(self) -> u64;
+}
+
+macro_rules! impl_num {
+    ($($t:ty),+) => {$(
+        impl Num for $t {
+            fn from_u64(n: u64) -> Result<$t, String> {
+                <$t>::try_from(n).map_err(|_| format!("{n} is too large"))
+            }
+            fn to_u64(self) -> u64 {
+                u64::try_from(self).unwrap_or(u64::MAX)
+            }
+        }
+    )+};
+}
+impl_num!(u16, u32, u64, usize);
+
+// ---- Raw values: files and command line -----------------------------------------------------
 
 /// A size as written: a plain integer number of bytes or a string with an optional unit suffix.
 #[derive(Debug, Clone, PartialEq)]
@@ -368,49 +884,202 @@ impl<'de> Deserialize<'de> for AddrList {
     }
 }
 
-/// The TOML file as written: every key optional, unknown keys refused.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    #[serde(default)]
-    pub proxy: ProxySection,
-    #[serde(default)]
-    pub runtime: RuntimeSection,
-    #[serde(default)]
-    pub log: LogSection,
+impl Written for AddrList {
+    type Cli = Vec<String>;
+    fn args(arg: Arg, _key: &'static KeySpec, value_name: &'static str) -> Vec<Arg> {
+        vec![arg
+            .value_name(value_name)
+            .action(ArgAction::Append)
+            .value_delimiter(',')]
+    }
+    fn from_matches(matches: &ArgMatches, key: &KeySpec) -> Vec<String> {
+        let given = matches.get_many::<String>(key.long);
+        given.map(|v| v.cloned().collect()).unwrap_or_default()
+    }
+    fn from_cli(cli: &Vec<String>) -> Option<AddrList> {
+        (!cli.is_empty()).then(|| AddrList(cli.clone()))
+    }
+    fn default_text(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| self.0.join(", "))
+    }
 }
 
-/// `[proxy]` table.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a [proxy] table")]
-pub struct ProxySection {
-    pub listen: Option<AddrList>,
-    pub backends: Option<AddrList>,
-    pub max_connections: Option<u64>,
-    pub max_packet_size: Option<SizeSpec>,
-    pub connect_timeout_ms: Option<u64>,
-    pub drain_timeout_ms: Option<u64>,
+impl Written for u64 {
+    type Cli = Option<u64>;
+    fn args(arg: Arg, _key: &'static KeySpec, value_name: &'static str) -> Vec<Arg> {
+        vec![arg.value_name(value_name).value_parser(value_parser!(u64))]
+    }
+    fn from_matches(matches: &ArgMatches, key: &KeySpec) -> Option<u64> {
+        matches.get_one::<u64>(key.long).copied()
+    }
+    fn from_cli(cli: &Option<u64>) -> Option<u64> {
+        *cli
+    }
+    fn default_text(&self) -> Option<String> {
+        Some(self.to_string())
+    }
 }
 
-/// `[runtime]` table.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a [runtime] table")]
-pub struct RuntimeSection {
-    pub workers: Option<u64>,
-    pub pin_cpus: Option<bool>,
-    pub ring_entries: Option<u64>,
-    pub buffer_size: Option<SizeSpec>,
-    pub buffer_count: Option<u64>,
-    pub send_high_water: Option<SizeSpec>,
+impl Written for SizeSpec {
+    type Cli = Option<String>;
+    fn args(arg: Arg, _key: &'static KeySpec, value_name: &'static str) -> Vec<Arg> {
+        vec![arg.value_name(value_name)]
+    }
+    fn from_matches(matches: &ArgMatches, key: &KeySpec) -> Option<String> {
+        matches.get_one::<String>(key.long).cloned()
+    }
+    fn from_cli(cli: &Option<String>) -> Option<SizeSpec> {
+        cli.clone().map(SizeSpec::Text)
+    }
+    fn default_text(&self) -> Option<String> {
+        match self {
+            SizeSpec::Bytes(n) => Some(format_size(*n)),
+            SizeSpec::Text(text) => Some(text.clone()),
+        }
+    }
 }
 
-/// `[log]` table.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a [log] table")]
-pub struct LogSection {
-    pub level: Option<String>,
-    pub stats_file: Option<PathBuf>,
+/// On/off keys: `--long` sets true, `--no-long` false; the last one given wins.
+impl Written for bool {
+    type Cli = Option<bool>;
+    fn args(arg: Arg, key: &'static KeySpec, _value_name: &'static str) -> Vec<Arg> {
+        let negation = Arg::new(key.negation)
+            .long(key.negation)
+            .action(ArgAction::SetTrue)
+            .overrides_with(key.long)
+            .help(format!("Opposite of {}", key.flag));
+        let arg = arg.action(ArgAction::SetTrue).overrides_with(key.negation);
+        vec![arg, negation]
+    }
+    fn from_matches(matches: &ArgMatches, key: &KeySpec) -> Option<bool> {
+        if matches.get_flag(key.long) {
+            Some(true)
+        } else if matches.get_flag(key.negation) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+    fn from_cli(cli: &Option<bool>) -> Option<bool> {
+        *cli
+    }
+    fn default_text(&self) -> Option<String> {
+        Some(self.to_string())
+    }
 }
+
+impl Written for String {
+    type Cli = Option<String>;
+    fn args(arg: Arg, _key: &'static KeySpec, value_name: &'static str) -> Vec<Arg> {
+        vec![arg.value_name(value_name)]
+    }
+    fn from_matches(matches: &ArgMatches, key: &KeySpec) -> Option<String> {
+        matches.get_one::<String>(key.long).cloned()
+    }
+    fn from_cli(cli: &Option<String>) -> Option<String> {
+        cli.clone()
+    }
+    fn default_text(&self) -> Option<String> {
+        Some(self.clone())
+    }
+}
+
+impl Written for Option<String> {
+    type Cli = Option<String>;
+    fn args(arg: Arg, _key: &'static KeySpec, value_name: &'static str) -> Vec<Arg> {
+        vec![arg.value_name(value_name)]
+    }
+    fn from_matches(matches: &ArgMatches, key: &KeySpec) -> Option<String> {
+        matches.get_one::<String>(key.long).cloned()
+    }
+    fn from_cli(cli: &Option<String>) -> Option<Option<String>> {
+        cli.clone().map(Some)
+    }
+    fn default_text(&self) -> Option<String> {
+        self.clone()
+    }
+}
+
+impl Written for Option<PathBuf> {
+    type Cli = Option<PathBuf>;
+    fn args(arg: Arg, _key: &'static KeySpec, value_name: &'static str) -> Vec<Arg> {
+        vec![arg
+            .value_name(value_name)
+            .value_parser(value_parser!(PathBuf))]
+    }
+    fn from_matches(matches: &ArgMatches, key: &KeySpec) -> Option<PathBuf> {
+        matches.get_one::<PathBuf>(key.long).cloned()
+    }
+    fn from_cli(cli: &Option<PathBuf>) -> Option<Option<PathBuf>> {
+        cli.clone().map(Some)
+    }
+    fn default_text(&self) -> Option<String> {
+        self.as_ref().map(|path| path.display().to_string())
+    }
+}
+
+// ---- The command line -----------------------------------------------------------------------
+
+const CONFIG_ARG: &str = "config";
+const CHECK_CONFIG_ARG: &str = "check-config";
+
+impl CommandFactory for Cli {
+    fn command() -> Command {
+        Command::new("ringproxy")
+            .version(env!("CARGO_PKG_VERSION"))
+            .about("A MySQL-protocol proxy for Linux on io_uring")
+            .long_about(
+                "A MySQL-protocol proxy for Linux on io_uring.\n\n\
+                 Settings are read from the TOML file given by --config (alias --defaults-file) \
+                 first; command-line options then override it key by key. Address lists accept \
+                 the option repeated and/or comma-separated values. Sizes accept a number of \
+                 bytes or a number with a B, KiB, MiB, GiB, K, M or G suffix (K = KiB, M = MiB, \
+                 G = GiB).",
+            )
+            .arg(
+                Arg::new(CONFIG_ARG)
+                    .long(CONFIG_ARG)
+                    .visible_alias("defaults-file")
+                    .value_name("FILE")
+                    .value_parser(value_parser!(PathBuf))
+                    .help(
+                        "TOML configuration file, read before the command-line options are applied",
+                    ),
+            )
+            .args(key_args())
+            .arg(
+                Arg::new(CHECK_CONFIG_ARG)
+                    .long(CHECK_CONFIG_ARG)
+                    .action(ArgAction::SetTrue)
+                    .help("Validate the configuration, print the effective settings and exit"),
+            )
+    }
+
+    fn command_for_update() -> Command {
+        Cli::command()
+    }
+}
+
+impl Parser for Cli {}
+
+/// The options of `key`: its names and help (with the allowed values and the default), then what
+/// its kind adds.
+fn args_for<K: Kind<T>, T>(key: &'static KeySpec, default: K::Default) -> Vec<Arg> {
+    let mut help = key.help.trim().trim_end_matches('.').to_owned();
+    if let Some(allowed) = K::allowed() {
+        help += &format!(" ({allowed})");
+    }
+    if let Some(default) = K::raw_default(default).default_text() {
+        help += &format!(" [default: {default}]");
+    }
+    let mut arg = Arg::new(key.long).long(key.long).help(help);
+    if let Some(alias) = key.alias {
+        arg = arg.visible_alias(alias);
+    }
+    <K::Raw as Written>::args(arg, key, K::VALUE_NAME)
+}
+
+// ---- The file -------------------------------------------------------------------------------
 
 impl FileConfig {
     /// Parses the text of a configuration file; `origin` (usually the file's path) appears in errors.
@@ -421,7 +1090,13 @@ impl FileConfig {
                     origin: origin.to_owned(),
                     message: e.to_string().trim_end().to_owned(),
                 })?;
-        FileConfig::deserialize(table).map_err(|e| schema_error(&e, origin))
+        let mut file = FileConfig::default();
+        for (section, value) in table {
+            for (name, value) in section_entries(&section, value, origin)? {
+                file.set((&section, &name), value, origin)?;
+            }
+        }
+        Ok(file)
     }
 
     /// Reads and parses a configuration file.
@@ -435,42 +1110,66 @@ impl FileConfig {
     }
 }
 
-/// Turns a serde error from deserializing the parsed table into an error naming the full key.
-/// toml reports the path of the failing value as a trailing "in `a.b`" line.
-fn schema_error(err: &toml::de::Error, origin: &str) -> ConfigError {
-    let text = err.to_string();
-    let text = text.trim_end();
-    let (message, path) = match text.rsplit_once("\nin `") {
-        Some((message, rest)) => (message.trim_end(), rest.trim_end_matches('`')),
-        None => (text, ""),
-    };
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((field, expected)) = rest.split_once('`') {
-            let key = if path.is_empty() {
-                field.to_owned()
-            } else {
-                format!("{path}.{field}")
-            };
-            let expected = expected.trim_start_matches(',').trim();
-            return ConfigError::UnknownKey {
-                key,
-                origin: origin.to_owned(),
-                expected: expected.to_owned(),
-            };
-        }
+/// The entries of the top-level table `section`; unknown tables and non-tables are refused.
+fn section_entries(
+    section: &str,
+    value: toml::Value,
+    origin: &str,
+) -> Result<toml::Table, ConfigError> {
+    let mut sections: Vec<&str> = KEYS.iter().map(|key| key.section).collect();
+    sections.dedup();
+    if !sections.contains(&section) {
+        return Err(ConfigError::UnknownKey {
+            key: section.to_owned(),
+            origin: origin.to_owned(),
+            expected: one_of(sections),
+        });
     }
-    ConfigError::WrongType {
-        key: if path.is_empty() {
-            "(top level)".to_owned()
-        } else {
-            path.to_owned()
-        },
-        origin: origin.to_owned(),
-        problem: message
-            .replace("expected u64", "expected a non-negative integer")
-            .replace("expected a boolean", "expected true or false"),
+    match value {
+        toml::Value::Table(entries) => Ok(entries),
+        other => Err(ConfigError::WrongType {
+            key: section.to_owned(),
+            origin: origin.to_owned(),
+            problem: format!(
+                "invalid type: {}, expected a [{section}] table",
+                other.type_str()
+            ),
+        }),
     }
 }
+
+fn unknown_key(section: &str, name: &str, origin: &str) -> ConfigError {
+    let names = KEYS.iter().filter(|key| key.section == section);
+    ConfigError::UnknownKey {
+        key: format!("{section}.{name}"),
+        origin: origin.to_owned(),
+        expected: one_of(names.map(|key| key.name).collect()),
+    }
+}
+
+fn one_of(names: Vec<&str>) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
+    format!("expected one of {}", quoted.join(", "))
+}
+
+/// The file's value of `key`, or an error naming the key and what was expected.
+fn read_value<R: Written>(
+    value: toml::Value,
+    key: &KeySpec,
+    origin: &str,
+) -> Result<R, ConfigError> {
+    R::deserialize(value).map_err(|e| ConfigError::WrongType {
+        key: key.path.to_owned(),
+        origin: origin.to_owned(),
+        problem: e
+            .to_string()
+            .trim_end()
+            .replace("expected u64", "expected a non-negative integer")
+            .replace("expected a boolean", "expected true or false"),
+    })
+}
+
+// ---- Layering and validation ----------------------------------------------------------------
 
 /// Where a merged value came from; decides how errors name the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -480,188 +1179,43 @@ enum Origin {
     Cli,
 }
 
-/// A key's two spellings.
-struct Key {
-    toml: &'static str,
-    flag: &'static str,
-}
-
-const LISTEN: Key = Key {
-    toml: "proxy.listen",
-    flag: "--listen",
-};
-const BACKENDS: Key = Key {
-    toml: "proxy.backends",
-    flag: "--backend",
-};
-const MAX_CONNECTIONS: Key = Key {
-    toml: "proxy.max_connections",
-    flag: "--max-connections",
-};
-const MAX_PACKET_SIZE: Key = Key {
-    toml: "proxy.max_packet_size",
-    flag: "--max-packet-size",
-};
-const CONNECT_TIMEOUT_MS: Key = Key {
-    toml: "proxy.connect_timeout_ms",
-    flag: "--connect-timeout-ms",
-};
-const DRAIN_TIMEOUT_MS: Key = Key {
-    toml: "proxy.drain_timeout_ms",
-    flag: "--drain-timeout-ms",
-};
-const WORKERS: Key = Key {
-    toml: "runtime.workers",
-    flag: "--workers",
-};
-const RING_ENTRIES: Key = Key {
-    toml: "runtime.ring_entries",
-    flag: "--ring-entries",
-};
-const BUFFER_SIZE: Key = Key {
-    toml: "runtime.buffer_size",
-    flag: "--buffer-size",
-};
-const BUFFER_COUNT: Key = Key {
-    toml: "runtime.buffer_count",
-    flag: "--buffer-count",
-};
-const SEND_HIGH_WATER: Key = Key {
-    toml: "runtime.send_high_water",
-    flag: "--send-high-water",
-};
-const LOG_LEVEL: Key = Key {
-    toml: "log.level",
-    flag: "--log-level",
-};
-
-/// A merged, not yet validated value and where it came from.
+/// A merged, not yet validated value, where it came from, and its key.
 #[derive(Debug, Clone)]
-struct Layered<T> {
-    value: T,
+struct Layered<R> {
+    value: R,
     origin: Origin,
+    key: &'static KeySpec,
 }
 
-impl<T> Layered<T> {
-    fn pick(default: T, file: Option<T>, cli: Option<T>) -> Layered<T> {
-        match (cli, file) {
-            (Some(value), _) => Layered {
-                value,
-                origin: Origin::Cli,
-            },
-            (None, Some(value)) => Layered {
-                value,
-                origin: Origin::File,
-            },
-            (None, None) => Layered {
-                value: default,
-                origin: Origin::Default,
-            },
+impl<R> Layered<R> {
+    /// The command line's value if given, else the file's, else the default.
+    fn pick(key: &'static KeySpec, default: R, file: Option<R>, cli: Option<R>) -> Layered<R> {
+        let (value, origin) = match (cli, file) {
+            (Some(value), _) => (value, Origin::Cli),
+            (None, Some(value)) => (value, Origin::File),
+            (None, None) => (default, Origin::Default),
+        };
+        Layered { value, origin, key }
+    }
+
+    /// The key as the user set it: its flag for a command-line value, else its TOML path.
+    fn name(&self) -> &'static str {
+        match self.origin {
+            Origin::Cli => self.key.flag,
+            Origin::Default | Origin::File => self.key.path,
         }
     }
 
-    fn invalid(&self, key: &Key, problem: impl Into<String>) -> ConfigError {
+    fn invalid(&self, problem: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
-            key: match self.origin {
-                Origin::Cli => key.flag.to_owned(),
-                Origin::Default | Origin::File => key.toml.to_owned(),
-            },
+            key: self.name().to_owned(),
             problem: problem.into(),
         }
     }
-}
 
-/// File values with command-line values laid over them.
-struct Merged {
-    listen: Layered<Vec<String>>,
-    backends: Layered<Vec<String>>,
-    max_connections: Layered<u64>,
-    max_packet_size: Layered<SizeSpec>,
-    connect_timeout_ms: Layered<u64>,
-    drain_timeout_ms: Layered<u64>,
-    workers: Layered<u64>,
-    pin_cpus: bool,
-    ring_entries: Layered<u64>,
-    buffer_size: Layered<SizeSpec>,
-    buffer_count: Layered<u64>,
-    send_high_water: Layered<SizeSpec>,
-    log_level: Layered<String>,
-    stats_file: Option<PathBuf>,
-}
-
-fn non_empty(list: &[String]) -> Option<Vec<String>> {
-    (!list.is_empty()).then(|| list.to_vec())
-}
-
-impl Merged {
-    fn new(file: FileConfig, cli: &Cli) -> Merged {
-        let FileConfig {
-            proxy,
-            runtime,
-            log,
-        } = file;
-        let text = |s: &Option<String>| s.clone().map(SizeSpec::Text);
-        Merged {
-            listen: Layered::pick(
-                vec![DEFAULT_LISTEN.to_owned()],
-                proxy.listen.map(|l| l.0),
-                non_empty(&cli.listen),
-            ),
-            backends: Layered::pick(
-                Vec::new(),
-                proxy.backends.map(|l| l.0),
-                non_empty(&cli.backends),
-            ),
-            max_connections: Layered::pick(
-                DEFAULT_MAX_CONNECTIONS,
-                proxy.max_connections,
-                cli.max_connections,
-            ),
-            max_packet_size: Layered::pick(
-                SizeSpec::Bytes(DEFAULT_MAX_PACKET_SIZE),
-                proxy.max_packet_size,
-                text(&cli.max_packet_size),
-            ),
-            connect_timeout_ms: Layered::pick(
-                DEFAULT_CONNECT_TIMEOUT_MS,
-                proxy.connect_timeout_ms,
-                cli.connect_timeout_ms,
-            ),
-            drain_timeout_ms: Layered::pick(
-                DEFAULT_DRAIN_TIMEOUT_MS,
-                proxy.drain_timeout_ms,
-                cli.drain_timeout_ms,
-            ),
-            workers: Layered::pick(DEFAULT_WORKERS, runtime.workers, cli.workers),
-            pin_cpus: Layered::pick(DEFAULT_PIN_CPUS, runtime.pin_cpus, cli.pin_cpus_override())
-                .value,
-            ring_entries: Layered::pick(
-                DEFAULT_RING_ENTRIES,
-                runtime.ring_entries,
-                cli.ring_entries,
-            ),
-            buffer_size: Layered::pick(
-                SizeSpec::Bytes(DEFAULT_BUFFER_SIZE),
-                runtime.buffer_size,
-                text(&cli.buffer_size),
-            ),
-            buffer_count: Layered::pick(
-                DEFAULT_BUFFER_COUNT,
-                runtime.buffer_count,
-                cli.buffer_count,
-            ),
-            send_high_water: Layered::pick(
-                SizeSpec::Bytes(DEFAULT_SEND_HIGH_WATER),
-                runtime.send_high_water,
-                text(&cli.send_high_water),
-            ),
-            log_level: Layered::pick(
-                DEFAULT_LOG_LEVEL.as_str().to_ascii_lowercase(),
-                log.level,
-                cli.log_level.clone(),
-            ),
-            stats_file: cli.stats_file.clone().or(log.stats_file),
-        }
+    /// The value checked by its kind `K`.
+    fn check<K: Kind<T, Raw = R>, T>(&self) -> Result<T, ConfigError> {
+        K::check(&self.value).map_err(|problem| self.invalid(problem))
     }
 }
 
@@ -684,176 +1238,105 @@ impl Host {
     }
 }
 
-fn parse_addrs(list: &Layered<Vec<String>>, key: &Key) -> Result<Vec<SocketAddr>, ConfigError> {
-    if list.value.is_empty() {
-        return Err(list.invalid(key, "at least one address is required (IP:PORT)"));
-    }
-    let mut out: Vec<SocketAddr> = Vec::with_capacity(list.value.len());
-    for text in &list.value {
-        let addr: SocketAddr = text.trim().parse().map_err(|_| {
-            list.invalid(
-                key,
-                format!("{text:?} is not a valid address (expected IP:PORT)"),
-            )
-        })?;
-        if out.contains(&addr) {
-            return Err(list.invalid(key, format!("{addr} is listed twice")));
-        }
-        out.push(addr);
-    }
-    Ok(out)
-}
-
-fn size_in(v: &Layered<SizeSpec>, key: &Key, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let bytes = v.value.resolve().map_err(|p| v.invalid(key, p))?;
-    if !(min..=max).contains(&bytes) {
-        return Err(v.invalid(
-            key,
-            format!(
-                "{} is out of range (allowed {}..={})",
-                v.value.shown(),
-                format_size(min),
-                format_size(max)
-            ),
-        ));
-    }
-    Ok(bytes)
-}
-
-fn power_of_two_in(v: &Layered<u64>, key: &Key, min: u64, max: u64) -> Result<u64, ConfigError> {
-    if !v.value.is_power_of_two() || !(min..=max).contains(&v.value) {
-        return Err(v.invalid(
-            key,
-            format!(
-                "{} is not allowed (must be a power of two in {min}..={max})",
-                v.value
-            ),
-        ));
-    }
-    Ok(v.value)
-}
-
-fn int_in(v: &Layered<u64>, key: &Key, min: u64, max: u64) -> Result<u64, ConfigError> {
-    if !(min..=max).contains(&v.value) {
-        return Err(v.invalid(
-            key,
-            format!("{} is out of range (allowed {min}..={max})", v.value),
-        ));
-    }
-    Ok(v.value)
-}
-
 fn to_usize(n: u64) -> usize {
-    // Every value converted here was bounded above by at most 2^40 during validation, and ringproxy
-    // only builds for 64-bit Linux targets where usize is 64 bits wide.
+    // ringproxy only builds for 64-bit Linux targets, where usize is 64 bits wide.
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 impl Merged {
+    /// Every key by its kind, then what depends on the host or on several keys.
     fn validate(self, host: Host) -> Result<Config, ConfigError> {
-        let listen = parse_addrs(&self.listen, &LISTEN)?;
-        let backends = parse_addrs(&self.backends, &BACKENDS)?;
-        let log_level: log::LevelFilter = self.log_level.value.trim().parse().map_err(|_| {
-            self.log_level.invalid(
-                &LOG_LEVEL,
-                format!(
-                    "{:?} is not a log level (expected error, warn, info, debug, trace or off)",
-                    self.log_level.value
-                ),
-            )
-        })?;
+        let mut config = self.check_each()?;
+        config.workers = self.resolve_workers(config.workers, host)?;
+        config.max_connections = self.connection_limit(config.workers, host)?;
+        self.check_send_high_water(&config)?;
+        self.check_backend_handshake(&config)?;
+        Ok(config)
+    }
 
-        let workers = if self.workers.value == 0 {
-            host.cores.max(1)
-        } else {
-            self.workers.value
-        };
-        if workers > MAX_WORKERS {
-            return Err(self.workers.invalid(
-                &WORKERS,
-                format!(
-                    "{} workers is too many (allowed 0 = one per core, or 1..={MAX_WORKERS})",
-                    workers
-                ),
-            ));
+    /// `workers = 0` means one worker per core.
+    fn resolve_workers(&self, workers: usize, host: Host) -> Result<usize, ConfigError> {
+        if workers != 0 {
+            return Ok(workers);
         }
-
-        let ring_entries = power_of_two_in(&self.ring_entries, &RING_ENTRIES, 64, 32768)?;
-        let buffer_count = power_of_two_in(&self.buffer_count, &BUFFER_COUNT, 16, 32768)?;
-        let buffer_size = size_in(&self.buffer_size, &BUFFER_SIZE, 4 * KIB, MIB)?;
-        let max_packet_size = size_in(&self.max_packet_size, &MAX_PACKET_SIZE, KIB, GIB)?;
-        let send_high_water = self
-            .send_high_water
-            .value
-            .resolve()
-            .map_err(|p| self.send_high_water.invalid(&SEND_HIGH_WATER, p))?;
-        if send_high_water < buffer_size {
-            return Err(self.send_high_water.invalid(
-                &SEND_HIGH_WATER,
-                format!(
-                    "{} is smaller than the receive buffer size ({}); it must be at least \
-                     buffer_size so one full receive can always be queued",
-                    self.send_high_water.value.shown(),
-                    format_size(buffer_size)
-                ),
-            ));
+        let cores = host.cores.max(1);
+        if cores > MAX_WORKERS {
+            return Err(self.workers.invalid(format!(
+                "{cores} workers is too many (allowed 0 = one per core, or 1..={MAX_WORKERS}); \
+                 this host has {cores} cores, so set workers explicitly"
+            )));
         }
-        let connect_timeout_ms = int_in(
-            &self.connect_timeout_ms,
-            &CONNECT_TIMEOUT_MS,
-            1,
-            MAX_TIMEOUT_MS,
-        )?;
-        let drain_timeout_ms =
-            int_in(&self.drain_timeout_ms, &DRAIN_TIMEOUT_MS, 0, MAX_TIMEOUT_MS)?;
+        Ok(to_usize(cores))
+    }
 
+    /// The client limit. The built-in default adapts to what `workers` can hold on this host;
+    /// only a value the user chose is refused when it is impossible.
+    fn connection_limit(&self, workers: usize, host: Host) -> Result<usize, ConfigError> {
+        let workers = workers.to_u64();
         let ceiling = max_possible_connections(workers, host.slots_per_worker);
-        // The built-in default adapts to what this host can hold; only a value the user chose
-        // is refused when it is impossible.
-        let max_connections = match self.max_connections.origin {
+        let limit = match self.max_connections.origin {
             Origin::Default => self.max_connections.value.min(ceiling).max(1),
             Origin::File | Origin::Cli => self.max_connections.value,
         };
-        if max_connections == 0 {
-            return Err(self
-                .max_connections
-                .invalid(&MAX_CONNECTIONS, "must be at least 1"));
+        if limit <= ceiling {
+            return Ok(to_usize(limit));
         }
-        if max_connections > ceiling {
-            return Err(self.max_connections.invalid(
-                &MAX_CONNECTIONS,
-                format!(
-                    "{max_connections} is more than {workers} worker(s) can hold: every \
-                     pass-through client needs {SLOTS_PER_CLIENT} slots (client socket + backend \
-                     socket) in its worker ring's fixed-file table, the kernel caps each table at \
-                     RLIMIT_NOFILE = {nofile}, and {RESERVED_SLOTS_PER_WORKER} slots per worker \
-                     are reserved, so the ceiling is {workers} * ({nofile} - \
-                     {RESERVED_SLOTS_PER_WORKER}) / {SLOTS_PER_CLIENT} = {ceiling}; raise \
-                     RLIMIT_NOFILE (ulimit -n), add workers, or lower max_connections",
-                    nofile = host.slots_per_worker,
-                ),
-            ));
-        }
-
-        Ok(Config {
-            listen,
-            backends,
-            max_connections: to_usize(max_connections),
-            max_packet_size: to_usize(max_packet_size),
-            connect_timeout_ms,
-            drain_timeout_ms,
-            workers: to_usize(workers),
-            pin_cpus: self.pin_cpus,
-            // The casts below are lossless: each value was range-checked above
-            // (ring_entries <= 32768, buffer_size <= 1MiB, buffer_count <= 32768).
-            ring_entries: ring_entries as u32,
-            buffer_size: buffer_size as u32,
-            buffer_count: buffer_count as u16,
-            send_high_water: to_usize(send_high_water),
-            log_level,
-            stats_file: self.stats_file,
-        })
+        Err(self.max_connections.invalid(format!(
+            "{limit} is more than {workers} worker(s) can hold: every pass-through client needs \
+             {SLOTS_PER_CLIENT} slots (client socket + backend socket) in its worker ring's \
+             fixed-file table, the kernel caps each table at RLIMIT_NOFILE = {nofile}, and \
+             {RESERVED_SLOTS_PER_WORKER} slots per worker are reserved, so the ceiling is \
+             {workers} * ({nofile} - {RESERVED_SLOTS_PER_WORKER}) / {SLOTS_PER_CLIENT} = \
+             {ceiling}; raise RLIMIT_NOFILE (ulimit -n), add workers, or lower max_connections",
+            nofile = host.slots_per_worker,
+        )))
     }
+
+    /// One full receive buffer must always fit under the high-water mark.
+    fn check_send_high_water(&self, config: &Config) -> Result<(), ConfigError> {
+        let buffer_size = u64::from(config.buffer_size);
+        if config.send_high_water.to_u64() >= buffer_size {
+            return Ok(());
+        }
+        Err(self.send_high_water.invalid(format!(
+            "{} is smaller than the receive buffer size ({}); it must be at least buffer_size so \
+             one full receive can always be queued",
+            self.send_high_water.value.shown(),
+            format_size(buffer_size)
+        )))
+    }
+
+    /// A prewarmed backend connection waits in its handshake, so it must be retired (at
+    /// `prewarm_max_age_ms`) before the backend handshake times out.
+    fn check_backend_handshake(&self, config: &Config) -> Result<(), ConfigError> {
+        let timeout = config.backend_handshake_timeout_ms;
+        let max_age = config.prewarm_max_age_ms;
+        if timeout > max_age {
+            return Ok(());
+        }
+        let (timeout_key, age_key) = (&self.backend_handshake_timeout_ms, &self.prewarm_max_age_ms);
+        let why = "a prewarmed backend connection must be retired before its handshake times out";
+        // Blame the key the user set: the timeout, unless only the age was set.
+        if timeout_key.origin == Origin::Default && age_key.origin != Origin::Default {
+            return Err(age_key.invalid(format!(
+                "{max_age} is not below {} ({timeout}); {why}",
+                timeout_key.name()
+            )));
+        }
+        Err(timeout_key.invalid(format!(
+            "{timeout} is not above {} ({max_age}); {why}",
+            age_key.name()
+        )))
+    }
+}
+
+// ---- The configuration ----------------------------------------------------------------------
+
+/// One summary line before notes: a key, its value as TOML (`None`: unset) and its kind's comment.
+struct Rendered {
+    key: &'static KeySpec,
+    value: Option<String>,
+    comment: Option<String>,
 }
 
 impl Config {
@@ -886,90 +1369,57 @@ impl Config {
         )
     }
 
-    /// A one-screen summary of the effective configuration. It is itself a valid configuration
-    /// file: feeding it back through `--config` yields the same [`Config`].
+    /// A one-screen summary of the effective configuration, one `section.key = value` line per
+    /// key. It is itself a valid configuration file: feeding it back through `--config` yields
+    /// the same [`Config`].
     pub fn summary(&self) -> String {
         let host = Host::current();
-        let addrs = |list: &[SocketAddr]| {
-            list.iter()
-                .map(|a| format!("\"{a}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let size = |bytes: u64| {
-            let text = format_size(bytes);
-            if text.ends_with("iB") {
-                format!("\"{text}\"")
-            } else {
-                bytes.to_string()
+        let mut out = String::from("# ringproxy effective configuration\n");
+        for Rendered {
+            key,
+            value,
+            comment,
+        } in self.rendered()
+        {
+            let Some(value) = value else { continue };
+            out += &format!("{} = {value}", key.path);
+            let notes: Vec<String> = comment.into_iter().chain(self.note(key, host)).collect();
+            if !notes.is_empty() {
+                out += &format!("  # {}", notes.join("; "));
             }
-        };
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = writeln!(out, "# ringproxy effective configuration");
-        let _ = writeln!(out, "[proxy]");
-        let _ = writeln!(out, "listen = [{}]", addrs(&self.listen));
-        let _ = writeln!(out, "backends = [{}]", addrs(&self.backends));
-        let _ = writeln!(
-            out,
-            "max_connections = {}  # ceiling {} = {} workers * (RLIMIT_NOFILE {} - {}) / {}",
-            self.max_connections,
-            max_possible_connections(self.workers as u64, host.slots_per_worker),
-            self.workers,
-            host.slots_per_worker,
-            RESERVED_SLOTS_PER_WORKER,
-            SLOTS_PER_CLIENT
-        );
-        let _ = writeln!(
-            out,
-            "max_packet_size = {}  # {} bytes",
-            size(self.max_packet_size as u64),
-            self.max_packet_size
-        );
-        let _ = writeln!(out, "connect_timeout_ms = {}", self.connect_timeout_ms);
-        let _ = writeln!(out, "drain_timeout_ms = {}", self.drain_timeout_ms);
-        let _ = writeln!(out, "[runtime]");
-        let _ = writeln!(
-            out,
-            "workers = {}  # {} core(s) available",
-            self.workers, host.cores
-        );
-        let _ = writeln!(out, "pin_cpus = {}", self.pin_cpus);
-        let _ = writeln!(out, "ring_entries = {}", self.ring_entries);
-        let _ = writeln!(
-            out,
-            "buffer_size = {}  # {} bytes",
-            size(u64::from(self.buffer_size)),
-            self.buffer_size
-        );
-        let _ = writeln!(
-            out,
-            "buffer_count = {}  # {} per worker in receive buffers",
-            self.buffer_count,
-            format_size(u64::from(self.buffer_size) * u64::from(self.buffer_count))
-        );
-        let _ = writeln!(
-            out,
-            "send_high_water = {}  # {} bytes",
-            size(self.send_high_water as u64),
-            self.send_high_water
-        );
-        let _ = writeln!(out, "[log]");
-        let _ = writeln!(
-            out,
-            "level = \"{}\"",
-            self.log_level.as_str().to_ascii_lowercase()
-        );
-        if let Some(path) = &self.stats_file {
-            let _ = writeln!(out, "stats_file = {:?}", path.display().to_string());
+            out.push('\n');
         }
         out
+    }
+
+    /// What the summary adds about `key` beyond its value: what the host made of it.
+    fn note(&self, key: &KeySpec, host: Host) -> Option<String> {
+        let workers = self.workers.to_u64();
+        if key == &keys::max_connections {
+            Some(format!(
+                "ceiling {} = {workers} workers * (RLIMIT_NOFILE {} - {RESERVED_SLOTS_PER_WORKER}) \
+                 / {SLOTS_PER_CLIENT}",
+                max_possible_connections(workers, host.slots_per_worker),
+                host.slots_per_worker,
+            ))
+        } else if key == &keys::workers {
+            Some(format!("{} core(s) available", host.cores))
+        } else if key == &keys::buffer_count {
+            let bytes = u64::from(self.buffer_size) * u64::from(self.buffer_count);
+            Some(format!(
+                "{} per worker in receive buffers",
+                format_size(bytes)
+            ))
+        } else {
+            None
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
 
     const HOST: Host = Host {
         cores: 2,
@@ -1018,9 +1468,19 @@ mod tests {
         assert_eq!(c.listen, vec![addr("127.0.0.1:6033")]);
         assert_eq!(c.backends, vec![addr("10.0.0.1:3306")]);
         assert_eq!(c.max_connections, 10_000);
-        assert_eq!(c.max_packet_size, 64 << 20);
+        assert_eq!(c.max_packet_size, 1 << 30);
         assert_eq!(c.connect_timeout_ms, 5_000);
         assert_eq!(c.drain_timeout_ms, 10_000);
+        assert_eq!(c.handshake_timeout_ms, 10_000);
+        assert_eq!(c.idle_timeout_ms, 0, "no idle timeout");
+        assert_eq!(c.max_connections_per_source, 0, "unlimited");
+        assert_eq!(c.linger_timeout_ms, 5_000);
+        assert_eq!(c.max_memory, 1 << 30);
+        assert_eq!(c.prewarm, 2);
+        assert_eq!(c.prewarm_max_age_ms, 2_000);
+        assert_eq!(c.backend_handshake_timeout_ms, 8_000);
+        assert_eq!(c.backend_source, None);
+        assert_eq!(c.stats_file, None);
         assert_eq!(c.workers, 2, "workers = 0 resolves to the core count");
         assert!(c.pin_cpus);
         assert_eq!(c.ring_entries, 4096);
@@ -1041,6 +1501,15 @@ mod tests {
             max_packet_size = "16MiB"
             connect_timeout_ms = 250
             drain_timeout_ms = 0
+            backend_source = "127.0.0.2"
+            max_connections_per_source = 50
+            max_memory = "256MiB"
+            handshake_timeout_ms = 3000
+            idle_timeout_ms = 60000
+            linger_timeout_ms = 100
+            prewarm = 0
+            prewarm_max_age_ms = 500
+            backend_handshake_timeout_ms = 1000
             [runtime]
             workers = 3
             pin_cpus = false
@@ -1050,6 +1519,7 @@ mod tests {
             send_high_water = "256KiB"
             [log]
             level = "debug"
+            stats_file = "/var/lib/ringproxy/stats.json"
             "#,
             &[],
         );
@@ -1062,6 +1532,19 @@ mod tests {
         assert_eq!(c.max_packet_size, 16 << 20);
         assert_eq!(c.connect_timeout_ms, 250);
         assert_eq!(c.drain_timeout_ms, 0);
+        assert_eq!(c.backend_source, Some(IpAddr::from([127, 0, 0, 2])));
+        assert_eq!(c.max_connections_per_source, 50);
+        assert_eq!(c.max_memory, 256 << 20);
+        assert_eq!(c.handshake_timeout_ms, 3_000);
+        assert_eq!(c.idle_timeout_ms, 60_000);
+        assert_eq!(c.linger_timeout_ms, 100);
+        assert_eq!(c.prewarm, 0);
+        assert_eq!(c.prewarm_max_age_ms, 500);
+        assert_eq!(c.backend_handshake_timeout_ms, 1_000);
+        assert_eq!(
+            c.stats_file,
+            Some(PathBuf::from("/var/lib/ringproxy/stats.json"))
+        );
         assert_eq!(c.workers, 3, "workers may exceed the core count");
         assert!(!c.pin_cpus);
         assert_eq!(c.ring_entries, 256);
@@ -1091,6 +1574,15 @@ mod tests {
             max_packet_size = "16MiB"
             connect_timeout_ms = 250
             drain_timeout_ms = 0
+            backend_source = "127.0.0.2"
+            max_connections_per_source = 50
+            max_memory = "256MiB"
+            handshake_timeout_ms = 3000
+            idle_timeout_ms = 60000
+            linger_timeout_ms = 100
+            prewarm = 0
+            prewarm_max_age_ms = 500
+            backend_handshake_timeout_ms = 1000
             [runtime]
             workers = 3
             pin_cpus = false
@@ -1100,6 +1592,7 @@ mod tests {
             send_high_water = "256KiB"
             [log]
             level = "debug"
+            stats_file = "/var/lib/ringproxy/stats.json"
         "#;
         let c = ok(
             text,
@@ -1117,6 +1610,16 @@ mod tests {
                 "--buffer-count=32",
                 "--send-high-water=4096",
                 "--log-level=warn",
+                "--stats-file=/tmp/stats.json",
+                "--backend-source=::1",
+                "--max-connections-per-source=7",
+                "--max-memory=0",
+                "--handshake-timeout-ms=1",
+                "--idle-timeout-ms=2",
+                "--linger-timeout-ms=3",
+                "--prewarm=1024",
+                "--prewarm-max-age-ms=60000",
+                "--backend-handshake-timeout-ms=60001",
             ],
         );
         assert_eq!(c.listen, vec![addr("127.0.0.1:9000")]);
@@ -1132,6 +1635,16 @@ mod tests {
         assert_eq!(c.buffer_count, 32);
         assert_eq!(c.send_high_water, 4096);
         assert_eq!(c.log_level, log::LevelFilter::Warn);
+        assert_eq!(c.stats_file, Some(PathBuf::from("/tmp/stats.json")));
+        assert_eq!(c.backend_source, Some(IpAddr::from(Ipv6Addr::LOCALHOST)));
+        assert_eq!(c.max_connections_per_source, 7);
+        assert_eq!(c.max_memory, 0);
+        assert_eq!(c.handshake_timeout_ms, 1);
+        assert_eq!(c.idle_timeout_ms, 2);
+        assert_eq!(c.linger_timeout_ms, 3);
+        assert_eq!(c.prewarm, 1024);
+        assert_eq!(c.prewarm_max_age_ms, 60_000);
+        assert_eq!(c.backend_handshake_timeout_ms, 60_001);
 
         // Keys not given on the command line keep the file's values.
         let c = ok(text, &["--workers=1"]);
@@ -1139,6 +1652,8 @@ mod tests {
         assert_eq!(c.max_connections, 1234);
         assert!(!c.pin_cpus);
         assert_eq!(c.workers, 1);
+        assert_eq!(c.max_memory, 256 << 20);
+        assert_eq!(c.prewarm_max_age_ms, 500);
     }
 
     #[test]
@@ -1654,5 +2169,260 @@ mod tests {
     fn from_toml_str_validates() {
         let err = Config::from_toml_str("[proxy]\nlisten = [\"127.0.0.1:1\"]\n").unwrap_err();
         assert_eq!(err.key(), Some("proxy.backends"));
+    }
+
+    #[test]
+    fn new_limits_are_range_checked_naming_the_flag_or_the_key() {
+        for (arg, flag, allowed) in [
+            (
+                "--handshake-timeout-ms=0",
+                "--handshake-timeout-ms",
+                "allowed 1..=86400000",
+            ),
+            (
+                "--handshake-timeout-ms=86400001",
+                "--handshake-timeout-ms",
+                "allowed 1..=86400000",
+            ),
+            (
+                "--idle-timeout-ms=86400001",
+                "--idle-timeout-ms",
+                "allowed 0..=86400000",
+            ),
+            (
+                "--linger-timeout-ms=0",
+                "--linger-timeout-ms",
+                "allowed 1..=86400000",
+            ),
+            ("--prewarm=1025", "--prewarm", "allowed 0..=1024"),
+            (
+                "--prewarm-max-age-ms=99",
+                "--prewarm-max-age-ms",
+                "allowed 100..=60000",
+            ),
+            (
+                "--prewarm-max-age-ms=60001",
+                "--prewarm-max-age-ms",
+                "allowed 100..=60000",
+            ),
+            (
+                "--backend-handshake-timeout-ms=999",
+                "--backend-handshake-timeout-ms",
+                "allowed 1000..=86400000",
+            ),
+            (
+                "--max-memory=15MiB",
+                "--max-memory",
+                "allowed 0 = no limit, or 16MiB..=1024GiB",
+            ),
+            (
+                "--max-memory=1025G",
+                "--max-memory",
+                "allowed 0 = no limit, or 16MiB..=1024GiB",
+            ),
+            (
+                "--max-memory=lots",
+                "--max-memory",
+                "\"lots\" is not a valid size",
+            ),
+            (
+                "--max-packet-size=1025M",
+                "--max-packet-size",
+                "allowed 1KiB..=1GiB",
+            ),
+        ] {
+            let m = err_about(BACKEND, &[arg], flag);
+            assert!(m.contains(allowed), "{arg}: {m}");
+        }
+        for (line, key) in [
+            ("handshake_timeout_ms = 0", "proxy.handshake_timeout_ms"),
+            ("idle_timeout_ms = 86400001", "proxy.idle_timeout_ms"),
+            ("linger_timeout_ms = 0", "proxy.linger_timeout_ms"),
+            ("prewarm = 2000", "proxy.prewarm"),
+            ("prewarm_max_age_ms = 50", "proxy.prewarm_max_age_ms"),
+            (
+                "backend_handshake_timeout_ms = 500",
+                "proxy.backend_handshake_timeout_ms",
+            ),
+            ("max_memory = \"8MiB\"", "proxy.max_memory"),
+            ("max_memory = \"2048GiB\"", "proxy.max_memory"),
+        ] {
+            err_about(&format!("{BACKEND}{line}\n"), &[], key);
+        }
+    }
+
+    #[test]
+    fn new_keys_refuse_wrong_types_naming_the_key() {
+        for (line, key, what) in [
+            (
+                "max_connections_per_source = -1",
+                "proxy.max_connections_per_source",
+                "non-negative integer",
+            ),
+            (
+                "idle_timeout_ms = \"1s\"",
+                "proxy.idle_timeout_ms",
+                "non-negative integer",
+            ),
+            ("prewarm = true", "proxy.prewarm", "non-negative integer"),
+            ("max_memory = -1", "proxy.max_memory", "cannot be negative"),
+            ("backend_source = 127", "proxy.backend_source", "string"),
+        ] {
+            let err = FileConfig::parse(&format!("[proxy]\n{line}\n"), "f.toml").expect_err(line);
+            let message = err.to_string();
+            assert_eq!(err.key(), Some(key), "{message}");
+            assert!(message.contains(what), "{message}");
+        }
+    }
+
+    #[test]
+    fn max_memory_of_zero_means_no_limit() {
+        assert_eq!(ok(BACKEND, &["--max-memory=0"]).max_memory, 0);
+        assert_eq!(ok(&format!("{BACKEND}max_memory = 0\n"), &[]).max_memory, 0);
+        assert_eq!(ok(BACKEND, &["--max-memory=16M"]).max_memory, 16 << 20);
+        assert_eq!(ok(BACKEND, &["--max-memory=1024G"]).max_memory, 1 << 40);
+        let c = ok(BACKEND, &["--max-memory=0"]);
+        let summary = c.summary();
+        assert!(
+            summary.contains("proxy.max_memory = 0  # no limit"),
+            "{summary}"
+        );
+        assert_eq!(
+            Config::from_layers(file(&summary), &Cli::default(), HOST).unwrap(),
+            c
+        );
+    }
+
+    #[test]
+    fn backend_handshake_timeout_must_exceed_prewarm_max_age() {
+        let m = err_about(
+            BACKEND,
+            &["--backend-handshake-timeout-ms=2000"],
+            "--backend-handshake-timeout-ms",
+        );
+        assert!(
+            m.contains("2000 is not above proxy.prewarm_max_age_ms (2000)"),
+            "{m}"
+        );
+        // Only the age was chosen: the error names it, not the default it collides with.
+        let m = err_about(
+            BACKEND,
+            &["--prewarm-max-age-ms=9000"],
+            "--prewarm-max-age-ms",
+        );
+        assert!(
+            m.contains("9000 is not below proxy.backend_handshake_timeout_ms (8000)"),
+            "{m}"
+        );
+        let m = err_about(
+            &format!("{BACKEND}prewarm_max_age_ms = 5000\nbackend_handshake_timeout_ms = 5000\n"),
+            &[
+                "--prewarm-max-age-ms=4000",
+                "--backend-handshake-timeout-ms=3000",
+            ],
+            "--backend-handshake-timeout-ms",
+        );
+        assert!(
+            m.contains("3000 is not above --prewarm-max-age-ms (4000)"),
+            "{m}"
+        );
+        err_about(
+            &format!("{BACKEND}prewarm_max_age_ms = 5000\nbackend_handshake_timeout_ms = 5000\n"),
+            &[],
+            "proxy.backend_handshake_timeout_ms",
+        );
+        let c = ok(BACKEND, &["--prewarm-max-age-ms=7999"]);
+        assert_eq!(
+            (c.prewarm_max_age_ms, c.backend_handshake_timeout_ms),
+            (7_999, 8_000)
+        );
+    }
+
+    #[test]
+    fn backend_source_is_an_ip_address_without_a_port() {
+        let c = ok(BACKEND, &["--backend-source=127.0.0.2"]);
+        assert_eq!(c.backend_source, Some(IpAddr::from([127, 0, 0, 2])));
+        let c = ok(BACKEND, &["--backend-source", "::1"]);
+        assert_eq!(c.backend_source, Some(IpAddr::from(Ipv6Addr::LOCALHOST)));
+        let m = err_about(
+            BACKEND,
+            &["--backend-source=127.0.0.2:3306"],
+            "--backend-source",
+        );
+        assert!(
+            m.contains("\"127.0.0.2:3306\" is not a valid IP address"),
+            "{m}"
+        );
+        let text = format!("{BACKEND}backend_source = \"localhost\"\n");
+        err_about(&text, &[], "proxy.backend_source");
+    }
+
+    #[test]
+    fn summary_with_every_key_set_fits_one_screen_and_reproduces_the_config() {
+        let c = ok(
+            &format!(
+                "{BACKEND}backend_source = \"127.0.0.2\"\n[log]\nstats_file = \"/tmp/s.json\"\n"
+            ),
+            &["--idle-timeout-ms=30000", "--max-memory=64M"],
+        );
+        let summary = c.summary();
+        assert!(summary.lines().count() <= 24, "one screen:\n{summary}");
+        for key in KEYS {
+            let line = format!("\n{} = ", key.path);
+            assert!(summary.contains(&line), "{} missing:\n{summary}", key.path);
+        }
+        assert!(
+            summary.contains("proxy.backend_source = \"127.0.0.2\""),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("proxy.max_memory = \"64MiB\""),
+            "{summary}"
+        );
+        assert_eq!(
+            Config::from_layers(file(&summary), &Cli::default(), HOST).unwrap(),
+            c
+        );
+    }
+
+    #[test]
+    fn flags_are_the_kebab_case_of_the_keys() {
+        for key in KEYS {
+            match key.path {
+                "proxy.backends" => assert_eq!(key.flag, "--backend"),
+                "log.level" => assert_eq!(key.flag, "--log-level"),
+                _ => assert_eq!(key.long, key.name.replace('_', "-"), "{}", key.path),
+            }
+            assert_eq!(key.path, format!("{}.{}", key.section, key.name));
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_its_help_shows_ranges_and_defaults() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for text in [
+            "--max-memory <SIZE>",
+            "(allowed 0 = no limit, or 16MiB..=1024GiB) [default: 1GiB]",
+            "--backend-source <IP>",
+            "--prewarm-max-age-ms <N>",
+            "(allowed 100..=60000) [default: 2000]",
+            "--no-pin-cpus",
+            "[alias: --event-threads]",
+        ] {
+            assert!(help.contains(text), "{text:?} missing from --help:\n{help}");
+        }
+    }
+
+    #[test]
+    fn the_readme_documents_every_key() {
+        let readme = include_str!("../README.md");
+        for key in KEYS {
+            let row = format!("| `{}` | `{}", key.path, key.flag);
+            assert!(
+                readme.contains(&row),
+                "README.md has no row starting {row:?}"
+            );
+        }
     }
 }

@@ -54,6 +54,15 @@ max_connections = 500
 max_packet_size = "16MiB"
 connect_timeout_ms = 1500
 drain_timeout_ms = 2500
+backend_source = "127.0.0.1"
+max_connections_per_source = 20
+max_memory = "512MiB"
+handshake_timeout_ms = 3000
+idle_timeout_ms = 600000
+linger_timeout_ms = 1000
+prewarm = 4
+prewarm_max_age_ms = 1500
+backend_handshake_timeout_ms = 5000
 
 [runtime]
 workers = 2
@@ -80,6 +89,15 @@ fn good_file_prints_the_effective_configuration() {
         "max_packet_size = \"16MiB\"",
         "connect_timeout_ms = 1500",
         "drain_timeout_ms = 2500",
+        "backend_source = \"127.0.0.1\"",
+        "max_connections_per_source = 20",
+        "max_memory = \"512MiB\"",
+        "handshake_timeout_ms = 3000",
+        "idle_timeout_ms = 600000",
+        "linger_timeout_ms = 1000",
+        "prewarm = 4",
+        "prewarm_max_age_ms = 1500",
+        "backend_handshake_timeout_ms = 5000",
         "workers = 2",
         "pin_cpus = false",
         "ring_entries = 1024",
@@ -213,6 +231,37 @@ fn out_of_range_values_name_the_key() {
         ("[runtime]\nworkers = 2000\n", "runtime.workers"),
         ("[log]\nlevel = \"chatty\"\n", "log.level"),
         ("[proxy]\nmax_connections = 0\n", "proxy.max_connections"),
+        ("[proxy]\nmax_memory = \"8MiB\"\n", "proxy.max_memory"),
+        (
+            "[proxy]\nhandshake_timeout_ms = 0\n",
+            "proxy.handshake_timeout_ms",
+        ),
+        (
+            "[proxy]\nidle_timeout_ms = 86400001\n",
+            "proxy.idle_timeout_ms",
+        ),
+        (
+            "[proxy]\nlinger_timeout_ms = 0\n",
+            "proxy.linger_timeout_ms",
+        ),
+        ("[proxy]\nprewarm = 1025\n", "proxy.prewarm"),
+        (
+            "[proxy]\nprewarm_max_age_ms = 99\n",
+            "proxy.prewarm_max_age_ms",
+        ),
+        (
+            "[proxy]\nbackend_handshake_timeout_ms = 999\n",
+            "proxy.backend_handshake_timeout_ms",
+        ),
+        (
+            "[proxy]\nbackend_source = \"127.0.0.2:3306\"\n",
+            "proxy.backend_source",
+        ),
+        // Only the age was set, so the cross-key check names it.
+        (
+            "[proxy]\nprewarm_max_age_ms = 9000\n",
+            "proxy.prewarm_max_age_ms",
+        ),
     ] {
         let file = config_file(toml);
         let out = run(&[
@@ -224,6 +273,42 @@ fn out_of_range_values_name_the_key() {
         let err = refused(&out);
         assert!(err.contains(&format!("{key}: ")), "{key}: {err}");
     }
+}
+
+#[test]
+fn new_options_on_the_command_line_name_the_flag() {
+    let err = refused(&run(&[
+        "--backend=127.0.0.1:3306",
+        "--prewarm-max-age-ms=2000",
+        "--backend-handshake-timeout-ms=1500",
+        "--check-config",
+    ]));
+    assert!(
+        err.contains(
+            "--backend-handshake-timeout-ms: 1500 is not above --prewarm-max-age-ms (2000)"
+        ),
+        "{err}"
+    );
+    let err = refused(&run(&[
+        "--backend=127.0.0.1:3306",
+        "--backend-source=localhost",
+        "--check-config",
+    ]));
+    assert!(
+        err.contains("--backend-source: \"localhost\" is not a valid IP address"),
+        "{err}"
+    );
+    let out = run(&[
+        "--backend=127.0.0.1:3306",
+        "--max-memory=0",
+        "--idle-timeout-ms=30000",
+        "--check-config",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let summary = stdout(&out);
+    assert!(summary.contains("max_memory = 0  # no limit"), "{summary}");
+    assert!(summary.contains("idle_timeout_ms = 30000"), "{summary}");
+    assert!(summary.contains("max_packet_size = \"1GiB\""), "{summary}");
 }
 
 #[test]
@@ -277,6 +362,16 @@ fn help_lists_the_mysql_proxy_aliases() {
         "--listen",
         "--backend",
         "--workers",
+        "--no-pin-cpus",
+        "--handshake-timeout-ms",
+        "--idle-timeout-ms",
+        "--max-connections-per-source",
+        "--linger-timeout-ms",
+        "--max-memory",
+        "--prewarm",
+        "--prewarm-max-age-ms",
+        "--backend-handshake-timeout-ms",
+        "--backend-source",
         "--check-config",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
