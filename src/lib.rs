@@ -2,10 +2,12 @@
 //!
 //! Module map:
 //! - [`config`]: typed configuration, the TOML file plus command-line overrides, validation.
+//! - [`error`]: errors that say which side failed and whether a retry is safe; the ERR map.
 //! - [`protocol`]: the pure MySQL wire codec (no I/O).
 //! - [`runtime`]: thread-per-core io_uring machinery with no MySQL knowledge.
-//! - [`session`]: the pass-through session: relays the handshake and auth, then commands, and
-//!   tracks where each response ends.
+//! - [`session`]: client and backend connections as I/O-free state machines, and the proxy
+//!   service that runs them: pass-through sessions (the handshake and auth relayed, then
+//!   commands, with the response tracker following where each response ends).
 //! - [`metrics`]: per-worker counters.
 //! - [`alloc_count`]: the counting allocator of benchmark builds (feature `count-allocs`).
 //! - [`server`]: starts the workers for a configuration and handles SIGINT/SIGTERM.
@@ -18,6 +20,7 @@
 
 pub mod alloc_count;
 pub mod config;
+pub mod error;
 pub mod metrics;
 pub mod protocol;
 pub mod runtime;

@@ -73,6 +73,20 @@ stats! {
     buffers_free,
     /// Fixed-file slots in use at the last publication (gauge).
     fixed_slots_in_use,
+    /// Heap bytes held by this worker's I/O at the last publication (gauge).
+    memory_bytes,
+    /// Sockets closed hard because their output did not drain before the linger deadline.
+    linger_timeouts,
+    /// Backend connections that failed or broke the protocol during a session.
+    backend_errors,
+    /// Backend connections retired with a finished handshake (prewarmed ones that aged, or ones
+    /// whose client left mid-handshake).
+    backend_retired,
+    /// Clients ended by the handshake timeout, and by the idle timeout.
+    handshake_timeouts,
+    idle_timeouts,
+    /// Times a client's input was held back because its backend had no room for more commands.
+    client_stalls,
 }
 
 #[cfg(test)]

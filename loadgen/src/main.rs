@@ -14,7 +14,6 @@
 //! - [`mock`]: the mock server.
 
 mod args;
-mod auth;
 mod client;
 mod mock;
 mod report;

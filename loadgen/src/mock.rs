@@ -25,21 +25,23 @@ use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 
-use ringproxy::metrics::{SharedStats, WorkerStats};
+use ringproxy::metrics::WorkerStats;
+use ringproxy::protocol::auth::new_scramble;
 use ringproxy::protocol::constants::*;
 use ringproxy::protocol::cursor::{put_lenenc_bytes, put_lenenc_int};
 use ringproxy::protocol::framing::{split_packet, write_packet, PacketStream};
 use ringproxy::protocol::handshake::{
-    encode_handshake_v10, is_ssl_request, parse_handshake_response41, HandshakeV10,
+    is_ssl_request, parse_handshake_response41, write_greeting, HandshakeV10,
 };
 use ringproxy::protocol::packets::{write_eof_packet, write_err_packet, write_ok_packet};
-use ringproxy::runtime::{placement, ring, BufRef, Io, Service, SockId, Worker, WorkerConfig};
+use ringproxy::runtime::spawn::{self, Running, Spec};
+use ringproxy::runtime::{
+    placement, ring, BufRef, Io, MemoryBudget, Service, SockId, WorkerConfig,
+};
 
 /// Options of `loadgen serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -364,14 +366,7 @@ impl MockService {
     }
 
     fn greeting(&mut self) -> Vec<u8> {
-        let mut scramble = [0u8; 20];
-        for chunk in scramble.chunks_mut(8) {
-            let r = self.next_random().to_le_bytes();
-            for (b, r) in chunk.iter_mut().zip(r) {
-                // Printable ASCII without NUL, like MySQL's scrambles.
-                *b = 0x21 + r % 94;
-            }
-        }
+        let scramble = new_scramble(|| self.next_random());
         let h = HandshakeV10 {
             protocol_version: 10,
             server_version: SERVER_VERSION.as_bytes(),
@@ -385,10 +380,8 @@ impl MockService {
             auth_data_2: &scramble[8..],
             auth_plugin_name: Some(b"mysql_native_password"),
         };
-        let mut payload = Vec::with_capacity(96);
-        encode_handshake_v10(&h, &mut payload);
-        let mut out = Vec::with_capacity(payload.len() + 4);
-        write_packet(&mut out, 0, &payload);
+        let mut out = Vec::with_capacity(100);
+        write_greeting(&mut out, &h);
         out
     }
 
@@ -427,7 +420,7 @@ impl MockService {
 fn send_err(io: &mut Io, sock: SockId, seq: u8, code: u16, state: &[u8; 5], msg: &str) {
     let mut out = Vec::with_capacity(msg.len() + 13);
     write_err_packet(&mut out, seq, code, state, msg.as_bytes());
-    io.send_owned(sock, out, false);
+    io.send_owned(sock, out);
 }
 
 /// Handles the handshake response at the front of `buf`, if it is complete. Returns the verdict
@@ -476,11 +469,11 @@ fn handle_handshake_response(
                 resp.capabilities & SERVER_CAPABILITIES & CLIENT_DEPRECATE_EOF != 0;
             conn.phase = Phase::Command;
             if seq == 2 {
-                io.send_static(sock, r.login_ok, false);
+                io.send_static(sock, r.login_ok);
             } else {
                 let mut out = Vec::with_capacity(11);
                 write_ok_packet(&mut out, seq, 0, 0, STATUS, 0);
-                io.send_owned(sock, out, false);
+                io.send_owned(sock, out);
             }
             (Verdict::Keep, used)
         }
@@ -513,7 +506,7 @@ fn answer(
     let eofi = usize::from(deprecate_eof);
     let Some(cmd) = cmd else {
         // An empty command packet.
-        io.send_static(sock, r.unknown_command, false);
+        io.send_static(sock, r.unknown_command);
         io.stats.responses += 1;
         return Verdict::Keep;
     };
@@ -530,16 +523,16 @@ fn answer(
         return Verdict::Close;
     }
     match cmd.code {
-        COM_QUERY => io.send_static(sock, r.query[eofi], false),
-        COM_PING | COM_INIT_DB => io.send_static(sock, r.ok, false),
+        COM_QUERY => io.send_static(sock, r.query[eofi]),
+        COM_PING | COM_INIT_DB => io.send_static(sock, r.ok),
         COM_RESET_CONNECTION => {
             stmts.clear();
-            io.send_static(sock, r.ok, false);
+            io.send_static(sock, r.ok);
         }
         COM_SET_OPTION => match cmd.arg16 {
-            Some(0 | 1) if deprecate_eof => io.send_static(sock, r.ok, false),
-            Some(0 | 1) => io.send_static(sock, r.eof, false),
-            _ => io.send_static(sock, r.unknown_command, false),
+            Some(0 | 1) if deprecate_eof => io.send_static(sock, r.ok),
+            Some(0 | 1) => io.send_static(sock, r.eof),
+            _ => io.send_static(sock, r.unknown_command),
         },
         COM_STMT_PREPARE => {
             let id = *next_stmt_id;
@@ -550,8 +543,8 @@ fn answer(
             p[1..5].copy_from_slice(&id.to_le_bytes());
             p[5..7].copy_from_slice(&r.columns.to_le_bytes());
             write_packet(&mut first, 1, &p);
-            io.send_owned(sock, first, false);
-            io.send_static(sock, r.prepare_columns[eofi], false);
+            io.send_owned(sock, first);
+            io.send_static(sock, r.prepare_columns[eofi]);
         }
         COM_STMT_EXECUTE | COM_STMT_RESET => match cmd.arg {
             Some(id) if stmts.contains(&id) => {
@@ -560,7 +553,7 @@ fn answer(
                 } else {
                     r.ok
                 };
-                io.send_static(sock, reply, false);
+                io.send_static(sock, reply);
             }
             arg => {
                 let what = if cmd.code == COM_STMT_EXECUTE {
@@ -587,7 +580,7 @@ fn answer(
         }
         COM_STMT_SEND_LONG_DATA => return Verdict::Keep,
         COM_QUIT => return Verdict::Close,
-        _ => io.send_static(sock, r.unknown_command, false),
+        _ => io.send_static(sock, r.unknown_command),
     }
     io.stats.responses += 1;
     Verdict::Keep
@@ -641,7 +634,15 @@ fn feed_commands(
 }
 
 impl Service for MockService {
-    fn on_accept(&mut self, io: &mut Io, sock: SockId) {
+    type Msg = ();
+
+    fn on_accept(
+        &mut self,
+        io: &mut Io,
+        _listener: usize,
+        sock: SockId,
+        _peer: Option<SocketAddr>,
+    ) {
         if self.shutting_down {
             io.close(sock);
             return;
@@ -663,15 +664,15 @@ impl Service for MockService {
         });
         self.live += 1;
         io.stats.active += 1;
-        io.send_owned(sock, greeting, false);
+        io.send_owned(sock, greeting);
     }
 
-    fn on_connect(&mut self, io: &mut Io, sock: SockId, _owner: u32, _result: io::Result<()>) {
+    fn on_connect(&mut self, io: &mut Io, sock: SockId, _owner: u64, _result: io::Result<()>) {
         // The mock opens no connections.
         io.close(sock);
     }
 
-    fn on_data(&mut self, io: &mut Io, sock: SockId, _owner: u32, data: &[u8], _buf: BufRef) {
+    fn on_data(&mut self, io: &mut Io, sock: SockId, _owner: u64, data: &[u8], _buf: BufRef) {
         let r = self.responses;
         let Some(conn) = self
             .conns
@@ -721,7 +722,7 @@ impl Service for MockService {
         }
     }
 
-    fn on_eof(&mut self, io: &mut Io, sock: SockId, _owner: u32, _error: Option<io::Error>) {
+    fn on_eof(&mut self, io: &mut Io, sock: SockId, _owner: u64, _error: Option<io::Error>) {
         self.drop_conn(io, sock, false);
     }
 
@@ -741,54 +742,27 @@ impl Service for MockService {
 
 /// A running mock started by [`spawn`]; dropping it (or [`MockHandle::stop`]) shuts it down.
 pub struct MockHandle {
-    shutdown: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<io::Result<()>>>,
-    stats: Vec<Arc<SharedStats>>,
+    running: Running<MockService>,
 }
 
 impl MockHandle {
     /// Counters summed over the workers (published about every 50 ms).
     pub fn stats(&self) -> WorkerStats {
-        sum_stats(&self.stats)
+        self.running.totals()
     }
 
     /// Closes every connection, stops the workers and waits for them.
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn stop(mut self) -> anyhow::Result<()> {
-        self.shutdown.store(true, Ordering::Relaxed);
-        join_all(std::mem::take(&mut self.threads))
+        self.running.stop()?;
+        Ok(())
     }
 }
 
 impl Drop for MockHandle {
     fn drop(&mut self) {
-        self.shutdown.store(true, Ordering::Relaxed);
-        let _ = join_all(std::mem::take(&mut self.threads));
+        let _ = self.running.stop();
     }
-}
-
-fn sum_stats(stats: &[Arc<SharedStats>]) -> WorkerStats {
-    let mut total = WorkerStats::default();
-    for s in stats {
-        total.add(&s.load());
-    }
-    total
-}
-
-fn join_all(threads: Vec<JoinHandle<io::Result<()>>>) -> anyhow::Result<()> {
-    let mut first = None;
-    for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first.get_or_insert(anyhow!("mock worker failed: {e}"));
-            }
-            Err(_) => {
-                first.get_or_insert(anyhow!("a mock worker thread panicked"));
-            }
-        }
-    }
-    first.map_or(Ok(()), Err)
 }
 
 /// Starts the workers; returns once every one has its ring and listener (or the first failure).
@@ -802,54 +776,19 @@ fn start(args: &ServeArgs, shutdown: Arc<AtomicBool>) -> anyhow::Result<(SocketA
     };
     let listen = placement::claim_listen_addr(&args.listen)?;
     let fixed_slots = ringproxy::config::fixed_file_slots_per_worker();
-    let mut handle = MockHandle {
-        shutdown: Arc::clone(&shutdown),
-        threads: Vec::with_capacity(threads),
-        stats: Vec::with_capacity(threads),
+    let spec = Spec {
+        name: "mock".into(),
+        workers: (0..threads)
+            .map(|i| WorkerConfig::basic(i, fixed_slots))
+            .collect(),
+        listen: vec![listen],
+        shutdown,
+        budget: Arc::new(MemoryBudget::new(0)),
+        inboxes: false,
     };
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    for index in 0..threads {
-        let cfg = WorkerConfig {
-            index,
-            pin_cpu: false,
-            ring_entries: 4096,
-            buffer_size: 16 * 1024,
-            buffer_count: 1024,
-            connect_timeout: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(2),
-            fixed_slots,
-        };
-        let stats = Arc::new(SharedStats::default());
-        handle.stats.push(Arc::clone(&stats));
-        let shutdown = Arc::clone(&shutdown);
-        let ready = ready_tx.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("mock-{index}"))
-            .spawn(move || -> io::Result<()> {
-                let service = MockService::new(responses, index);
-                let mut worker = match Worker::new(&cfg, &[listen], service, shutdown, stats) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = ready.send(Err(e.to_string()));
-                        return Err(e);
-                    }
-                };
-                let _ = ready.send(Ok(()));
-                drop(ready);
-                worker.run()
-            })
-            .context("spawning a mock worker thread")?;
-        handle.threads.push(t);
-    }
-    drop(ready_tx);
-    for _ in 0..threads {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!("mock worker failed to start: {e}"),
-            Err(_) => bail!("a mock worker thread died during start-up"),
-        }
-    }
-    Ok((listen, handle))
+    let running = spawn::spawn(spec, move |i| MockService::new(responses, i))
+        .map_err(|e| anyhow!("mock worker failed to start: {e}"))?;
+    Ok((listen, MockHandle { running }))
 }
 
 /// Starts the mock in this process (for tests): returns the bound address (port 0 resolved) and
@@ -868,6 +807,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .context("installing signal handlers")?;
     }
     let (addr, mut handle) = start(&args, shutdown)?;
+    let threads = handle.running.stats.len();
     let shape = if args.ok {
         "OK".to_owned()
     } else {
@@ -880,9 +820,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     eprintln!(
         "mock MySQL server ({SERVER_VERSION}) listening on {addr}: {} thread(s), answering {shape}",
-        handle.threads.len()
+        threads
     );
-    let result = join_all(std::mem::take(&mut handle.threads));
+    let result = handle.running.join().map(drop).map_err(anyhow::Error::from);
     let total = handle.stats();
     eprintln!(
         "mock stopped: {} connections accepted, {} commands, {} responses, {} protocol errors",
@@ -902,6 +842,7 @@ mod tests {
     };
     use std::io::{Read, Write};
     use std::net::TcpStream;
+    use std::time::Duration;
 
     fn mock(rows: u64, columns: u16, value_size: usize, ok: bool) -> (SocketAddr, MockHandle) {
         spawn(ServeArgs {

@@ -12,13 +12,12 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use hdrhistogram::Histogram;
-use ringproxy::metrics::SharedStats;
-use ringproxy::runtime::{ring, Worker, WorkerConfig};
+use ringproxy::runtime::spawn::{self, Spec};
+use ringproxy::runtime::{ring, MemoryBudget, WorkerConfig};
 
 use crate::args::{Plan, Workload};
 use crate::report::{ConnectStats, Cpu, Latency, RateInfo, Report};
@@ -41,16 +40,11 @@ fn drain_timeout(connections_per_thread: u32) -> Duration {
 }
 
 fn worker_config(index: usize, slots: u32, drain: Duration) -> WorkerConfig {
+    // The target usually runs on the same machine: placement is left to the scheduler.
     WorkerConfig {
-        index,
-        // The target usually runs on the same machine: leave placement to the scheduler.
-        pin_cpu: false,
-        ring_entries: 4096,
-        buffer_size: 16 * 1024,
-        buffer_count: 1024,
         connect_timeout: Duration::from_secs(10),
         drain_timeout: drain,
-        fixed_slots: slots,
+        ..WorkerConfig::basic(index, slots)
     }
 }
 
@@ -190,63 +184,40 @@ pub fn run(plan: Plan, interrupted: Arc<AtomicBool>) -> anyhow::Result<Outcome> 
         last_queries: 0,
     });
 
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    let mut handles: Vec<JoinHandle<anyhow::Result<ThreadResult>>> = Vec::new();
-    for t in 0..plan.threads {
-        let plan = Arc::clone(&plan);
-        let control = Arc::clone(&control);
-        let stop = Arc::clone(&stop);
-        let ready = ready_tx.clone();
-        let tx = plan.progress.then(|| progress_tx.clone());
-        let h = std::thread::Builder::new()
-            .name(format!("lg-worker-{t}"))
-            .spawn(move || -> anyhow::Result<ThreadResult> {
-                let shared = Arc::new(SharedStats::default());
-                let drain = drain_timeout(plan.connections_of(t));
-                let cfg = worker_config(t, slots, drain);
-                let service = LoadService::new(plan, control, t, metronome_addr, tx);
-                let mut worker = match Worker::new(&cfg, &[], service, stop, shared) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = ready.send(Err(e.to_string()));
-                        return Err(e.into());
-                    }
-                };
-                let _ = ready.send(Ok(()));
-                drop(ready);
-                worker.run()?;
-                Ok(worker.service.finish())
-            })
-            .context("spawning a worker thread")?;
-        handles.push(h);
-    }
-    drop(ready_tx);
-    drop(progress_tx);
-    let mut start_error = None;
-    for _ in 0..plan.threads {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                start_error.get_or_insert(e);
-            }
-            Err(_) => {
-                start_error.get_or_insert("a worker thread died during start-up".into());
-                break;
-            }
+    let spec = Spec {
+        name: "lg-worker".into(),
+        workers: (0..plan.threads)
+            .map(|t| worker_config(t, slots, drain_timeout(plan.connections_of(t))))
+            .collect(),
+        listen: Vec::new(),
+        shutdown: Arc::clone(&stop),
+        budget: Arc::new(MemoryBudget::new(0)),
+        inboxes: false,
+    };
+    let make = {
+        let (plan, control) = (Arc::clone(&plan), Arc::clone(&control));
+        move |t| {
+            let tx = plan.progress.then(|| progress_tx.clone());
+            LoadService::new(
+                Arc::clone(&plan),
+                Arc::clone(&control),
+                t,
+                metronome_addr,
+                tx,
+            )
         }
-    }
-    if let Some(e) = start_error {
-        stop.store(true, Ordering::Relaxed);
-        metronome_stop.store(true, Ordering::Relaxed);
-        for h in handles {
-            let _ = h.join();
+    };
+    let mut running = match spawn::spawn(spec, make) {
+        Ok(r) => r,
+        Err(e) => {
+            metronome_stop.store(true, Ordering::Relaxed);
+            return Err(anyhow!("a worker failed to start: {e}"));
         }
-        return Err(anyhow!("a worker failed to start: {e}"));
-    }
+    };
 
     // Connection phase: until every connection is established or failed (connect: or the limit).
     let n = u64::from(plan.connections);
-    let all_done = |handles: &[JoinHandle<_>]| handles.iter().all(|h| h.is_finished());
+    let all_done = |r: &spawn::Running<LoadService>| r.is_finished();
     loop {
         let now = Instant::now();
         let t = totals(&control.counters);
@@ -258,7 +229,7 @@ pub fn run(plan: Plan, interrupted: Arc<AtomicBool>) -> anyhow::Result<Outcome> 
         {
             break;
         }
-        if all_done(&handles) {
+        if all_done(&running) {
             break;
         }
         if let Some(p) = progress.as_mut() {
@@ -286,7 +257,7 @@ pub fn run(plan: Plan, interrupted: Arc<AtomicBool>) -> anyhow::Result<Outcome> 
             let end = t0 + plan.duration;
             loop {
                 let now = Instant::now();
-                if now >= end || interrupted.load(Ordering::Relaxed) || all_done(&handles) {
+                if now >= end || interrupted.load(Ordering::Relaxed) || all_done(&running) {
                     break;
                 }
                 if let Some(p) = progress.as_mut() {
@@ -304,26 +275,16 @@ pub fn run(plan: Plan, interrupted: Arc<AtomicBool>) -> anyhow::Result<Outcome> 
     let sockstat_after = sys::sockstat_mem_pages();
     stop.store(true, Ordering::Relaxed);
 
-    let mut results = Vec::new();
-    let mut failure = None;
-    for h in handles {
-        match h.join() {
-            Ok(Ok(r)) => results.push(r),
-            Ok(Err(e)) => {
-                failure.get_or_insert(anyhow!("worker failed: {e:#}"));
-            }
-            Err(_) => {
-                failure.get_or_insert(anyhow!("a worker thread panicked"));
-            }
-        }
-    }
+    let joined = running.join();
     metronome_stop.store(true, Ordering::Relaxed);
     if let Some(h) = metronome_handle {
         let _ = h.join();
     }
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let results: Vec<ThreadResult> = joined
+        .map_err(|e| anyhow!("{e}"))?
+        .into_iter()
+        .map(LoadService::finish)
+        .collect();
 
     let mut latency = new_histogram();
     let mut connect_latency = new_histogram();

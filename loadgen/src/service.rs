@@ -31,7 +31,7 @@ pub const MAX_CONNECTING: usize = 256;
 /// A connection that has not finished its login this long after it was opened has failed.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Owner token of the rate workload's metronome socket.
-const METRONOME: u32 = u32::MAX;
+const METRONOME: u64 = u64::MAX;
 /// Error messages kept per thread (the first ones of each run are the useful ones).
 const MAX_MESSAGES: usize = 8;
 /// COM_QUIT, sequence 0.
@@ -326,7 +326,7 @@ impl LoadService {
             }
             self.next_open += 1;
             let src = self.plan.source_of(self.conns[ci].global);
-            let sock = io.connect_from(&self.plan.target, src, ci as u32);
+            let sock = io.connect_from(&self.plan.target, src, ci as u64);
             let c = &mut self.conns[ci];
             c.sock = Some(sock);
             c.state = State::Connecting;
@@ -386,7 +386,7 @@ impl LoadService {
         c.state = State::QuitSent;
         c.sent.clear();
         if let Some(s) = c.sock {
-            io.send_static(s, &COM_QUIT_PACKET, false);
+            io.send_static(s, &COM_QUIT_PACKET);
         }
     }
 
@@ -413,11 +413,11 @@ impl LoadService {
         }
         match self.plan.workload {
             Workload::Connect => {}
-            Workload::Idle | Workload::Qps => self.send_query(io, ci, now, false),
+            Workload::Idle | Workload::Qps => self.send_query(io, ci, now),
             Workload::Pipeline => {
                 let depth = self.plan.depth;
-                for i in 0..depth {
-                    self.send_query(io, ci, now, i + 1 < depth);
+                for _ in 0..depth {
+                    self.send_query(io, ci, now);
                 }
             }
             Workload::Rate => {
@@ -446,7 +446,7 @@ impl LoadService {
         0
     }
 
-    fn send_query(&mut self, io: &mut Io, ci: usize, intended: Instant, more: bool) {
+    fn send_query(&mut self, io: &mut Io, ci: usize, intended: Instant) {
         let qi = self.pick();
         let c = &mut self.conns[ci];
         let Some(sock) = c.sock else { return };
@@ -460,7 +460,7 @@ impl LoadService {
             return;
         }
         c.sent.push_back(intended);
-        io.send_static(sock, pkt, more);
+        io.send_static(sock, pkt);
     }
 
     /// Rate workload: hands every query due by now to a free connection.
@@ -480,7 +480,7 @@ impl LoadService {
             let intended =
                 start + Duration::from_secs_f64(self.rate.sent as f64 / self.rate.per_sec);
             self.rate.sent += 1;
-            self.send_query(io, ci, intended, false);
+            self.send_query(io, ci, intended);
         }
     }
 
@@ -506,7 +506,7 @@ impl LoadService {
         let res = login.feed(data, &self.plan.cred, &mut out);
         let sock = c.sock.expect("a connection logging in has a socket");
         if !out.is_empty() {
-            io.send_owned(sock, out, false);
+            io.send_owned(sock, out);
         }
         match res {
             Ok(None) => {}
@@ -526,7 +526,7 @@ impl LoadService {
                             self.fail_connect(io, ci, Kind::Protocol, msg);
                             return;
                         }
-                        io.send_static(sock, pkt, i + 1 < n);
+                        io.send_static(sock, pkt);
                     }
                 } else {
                     self.established(io, ci, now);
@@ -621,7 +621,7 @@ impl LoadService {
                     }
                     Workload::Connect => {}
                     Workload::Idle | Workload::Qps | Workload::Pipeline => {
-                        self.send_query(io, ci, now, false)
+                        self.send_query(io, ci, now)
                     }
                 }
             }
@@ -672,6 +672,8 @@ impl LoadService {
 }
 
 impl Service for LoadService {
+    type Msg = ();
+
     fn on_start(&mut self, io: &mut Io) {
         if let Some(addr) = self.metronome {
             self.metronome_sock = Some(io.connect(&addr, METRONOME));
@@ -681,7 +683,7 @@ impl Service for LoadService {
         self.publish();
     }
 
-    fn on_connect(&mut self, io: &mut Io, sock: SockId, owner: u32, result: io::Result<()>) {
+    fn on_connect(&mut self, io: &mut Io, sock: SockId, owner: u64, result: io::Result<()>) {
         if owner == METRONOME {
             if let Err(e) = result {
                 log::warn!("rate metronome unreachable ({e}): sends follow the 50 ms tick");
@@ -708,7 +710,7 @@ impl Service for LoadService {
         }
     }
 
-    fn on_data(&mut self, io: &mut Io, sock: SockId, owner: u32, data: &[u8], _buf: BufRef) {
+    fn on_data(&mut self, io: &mut Io, sock: SockId, owner: u64, data: &[u8], _buf: BufRef) {
         let now = Instant::now();
         if owner != METRONOME {
             let ci = owner as usize;
@@ -728,7 +730,7 @@ impl Service for LoadService {
         self.dispatch_rate(io, now);
     }
 
-    fn on_eof(&mut self, io: &mut Io, sock: SockId, owner: u32, error: Option<io::Error>) {
+    fn on_eof(&mut self, io: &mut Io, sock: SockId, owner: u64, error: Option<io::Error>) {
         if owner == METRONOME {
             io.close(sock);
             if self.metronome_sock.take().is_some() {

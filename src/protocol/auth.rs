@@ -1,10 +1,11 @@
-//! Password scrambles the load generator answers authentication challenges with:
-//! `mysql_native_password` (the codec's own function) and the fast path of
-//! `caching_sha2_password`. Nothing else: no I/O, no state.
+//! Authentication plugins, client side: the answers to a server's challenge for
+//! `mysql_native_password` and the fast path of `caching_sha2_password`, and the server-side
+//! check of a native answer against a stored hash. Pure functions: no I/O, no state.
 
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-/// The authentication plugins loadgen can answer.
+/// The authentication plugins a client side (loadgen, the proxy logging in to backends) answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plugin {
     Native,
@@ -12,7 +13,7 @@ pub enum Plugin {
 }
 
 impl Plugin {
-    /// The plugin for a name sent by the server; `None` for one loadgen cannot answer.
+    /// The plugin for a name sent by the server; `None` for one that cannot be answered here.
     pub fn from_name(name: &[u8]) -> Option<Plugin> {
         match name {
             b"mysql_native_password" => Some(Plugin::Native),
@@ -31,12 +32,55 @@ impl Plugin {
     /// The auth response for `password` and the server's `nonce` (scramble).
     pub fn scramble(self, password: &[u8], nonce: &[u8]) -> Vec<u8> {
         match self {
-            Plugin::Native => {
-                ringproxy::protocol::handshake::native_password_scramble(password, nonce)
-            }
+            Plugin::Native => native_password_scramble(password, nonce),
             Plugin::CachingSha2 => caching_sha2_scramble(password, nonce),
         }
     }
+}
+
+/// mysql_native_password's answer: `SHA1(pw) XOR SHA1(nonce ++ SHA1(SHA1(pw)))`; empty for an
+/// empty password. The nonce is the first 20 bytes of the server's scramble.
+pub fn native_password_scramble(password: &[u8], nonce: &[u8]) -> Vec<u8> {
+    if password.is_empty() {
+        return Vec::new();
+    }
+    let stage1 = Sha1::digest(password);
+    let stage2 = Sha1::digest(stage1);
+    let mut h = Sha1::new();
+    h.update(&nonce[..nonce.len().min(20)]);
+    h.update(stage2);
+    let mix = h.finalize();
+    stage1.iter().zip(mix.iter()).map(|(a, b)| a ^ b).collect()
+}
+
+/// The server side of mysql_native_password: does `answer` to `nonce` match the stored
+/// `SHA1(SHA1(pw))` (the `mysql.user` hash without its `*` and hex)? An empty answer matches
+/// an empty password only (`stored` empty).
+pub fn native_password_matches(stored: &[u8], nonce: &[u8], answer: &[u8]) -> bool {
+    if stored.is_empty() || answer.is_empty() {
+        return stored.is_empty() && answer.is_empty();
+    }
+    if answer.len() != 20 || stored.len() != 20 {
+        return false;
+    }
+    let mut h = Sha1::new();
+    h.update(&nonce[..nonce.len().min(20)]);
+    h.update(stored);
+    let mask = h.finalize();
+    let stage1: Vec<u8> = answer.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect();
+    Sha1::digest(&stage1).as_slice() == stored
+}
+
+/// A 20-byte challenge (scramble) for a greeting: printable ASCII without NUL, as MySQL makes
+/// them, from the random words `next` gives.
+pub fn new_scramble(mut next: impl FnMut() -> u64) -> [u8; 20] {
+    let mut scramble = [0u8; 20];
+    for chunk in scramble.chunks_mut(8) {
+        for (b, r) in chunk.iter_mut().zip(next().to_le_bytes()) {
+            *b = 0x21 + r % 94;
+        }
+    }
+    scramble
 }
 
 /// caching_sha2_password's fast-path answer:
@@ -91,6 +135,26 @@ mod tests {
         assert!(Plugin::Native
             .scramble(b"", b"0123456789abcdefghij")
             .is_empty());
+    }
+
+    #[test]
+    fn native_answer_matches_the_stored_hash_only_for_the_right_password() {
+        let nonce = b"abcdefghij0123456789";
+        let stored = Sha1::digest(Sha1::digest(b"pw"));
+        let answer = native_password_scramble(b"pw", nonce);
+        assert!(native_password_matches(&stored, nonce, &answer));
+        assert!(!native_password_matches(
+            &stored,
+            nonce,
+            &native_password_scramble(b"pW", nonce)
+        ));
+        assert!(!native_password_matches(
+            &stored,
+            b"abcdefghij012345678X",
+            &answer
+        ));
+        assert!(native_password_matches(&[], nonce, &[]));
+        assert!(!native_password_matches(&stored, nonce, &[]));
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct PacketHead<'a> {
     /// True when the previous physical packet had a payload of exactly 0xFF_FFFF bytes, so this
     /// packet continues the same logical payload (it is not a new command or response packet).
     pub continuation: bool,
+    /// Where this packet's header starts in the chunk being fed; `None` when it started in an
+    /// earlier chunk.
+    pub at: Option<usize>,
 }
 
 use std::borrow::Cow;
@@ -151,6 +154,15 @@ pub fn write_packet(out: &mut Vec<u8>, seq: u8, payload: &[u8]) -> u8 {
     }
 }
 
+/// How far [`PacketStream::feed_until`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fed {
+    /// The whole chunk was consumed.
+    All,
+    /// Stopped before a packet: bytes from this offset on must be fed again later.
+    StoppedAt(usize),
+}
+
 /// Streaming packet splitter for a byte stream that arrives in arbitrary chunks. It keeps only a
 /// fixed-size inline buffer (a header plus [`HEAD_CAP`] payload bytes) and never allocates:
 /// payload bytes beyond the head are counted, not stored.
@@ -202,6 +214,8 @@ impl PacketStream {
         mut on_packet: impl FnMut(PacketHead<'_>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         let mut input = chunk;
+        // Where the current packet's header started in this chunk (None: in an earlier one).
+        let mut start_at: Option<usize> = None;
         loop {
             if self.header_seen == 0 {
                 // Fast path: a whole header and head inside this chunk are reported in place.
@@ -210,7 +224,8 @@ impl PacketStream {
                     if let Some(head) = input.get(HEADER_LEN..HEADER_LEN + want) {
                         self.start_packet(h);
                         self.reported = true;
-                        on_packet(self.head_view(head))?;
+                        let at = Some(chunk.len() - input.len());
+                        on_packet(self.head_view(head, at))?;
                         let avail = input.len() - HEADER_LEN;
                         let take = avail.min(h.len as usize);
                         input = &input[HEADER_LEN + take..];
@@ -222,6 +237,9 @@ impl PacketStream {
                 if input.is_empty() {
                     return Ok(());
                 }
+            }
+            if self.header_seen == 0 {
+                start_at = Some(chunk.len() - input.len());
             }
             if self.header_seen < HEADER_LEN as u8 {
                 let have = self.header_seen as usize;
@@ -255,6 +273,7 @@ impl PacketStream {
                     seq: self.seq,
                     head,
                     continuation: self.continuation,
+                    at: start_at,
                 })?;
             }
             let left = (self.len - self.payload_seen) as usize;
@@ -279,12 +298,47 @@ impl PacketStream {
         self.next_continuation = h.len as usize == MAX_PAYLOAD_LEN;
     }
 
-    fn head_view<'h>(&self, head: &'h [u8]) -> PacketHead<'h> {
+    fn head_view<'h>(&self, head: &'h [u8], at: Option<usize>) -> PacketHead<'h> {
         PacketHead {
             len: self.len,
             seq: self.seq,
             head,
             continuation: self.continuation,
+            at,
+        }
+    }
+
+    /// Like [`PacketStream::feed`], but `on_packet` may also answer `Ok(false)`: "not this
+    /// packet yet". The stream then rewinds to just before that packet and the result says from
+    /// which offset of `chunk` the caller must keep the bytes and feed them again later (0 when
+    /// the packet began in an earlier chunk: the stream kept that part itself).
+    pub fn feed_until<E>(
+        &mut self,
+        chunk: &[u8],
+        mut on_packet: impl FnMut(PacketHead<'_>) -> std::result::Result<bool, E>,
+    ) -> std::result::Result<Fed, E> {
+        let before = self.clone();
+        let mut stop: Option<(Option<usize>, bool)> = None;
+        let r = self.feed(chunk, |p| match on_packet(p) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                stop = Some((p.at, p.continuation));
+                Err(None)
+            }
+            Err(e) => Err(Some(e)),
+        });
+        match (r, stop) {
+            (Ok(()), _) => Ok(Fed::All),
+            (Err(Some(e)), _) => Err(e),
+            (Err(None), Some((Some(at), continuation))) => {
+                *self = PacketStream::new();
+                self.next_continuation = continuation;
+                Ok(Fed::StoppedAt(at))
+            }
+            (Err(None), _) => {
+                *self = before;
+                Ok(Fed::StoppedAt(0))
+            }
         }
     }
 

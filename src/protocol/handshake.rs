@@ -6,8 +6,6 @@
 //! 19..23 of the response's 23-byte filler, when the sender clears capability bit 0
 //! (CLIENT_LONG_PASSWORD, which MariaDB calls CLIENT_MYSQL).
 
-use sha1::{Digest, Sha1};
-
 use super::constants::{
     AUTH_MORE_DATA_HEADER, AUTH_SWITCH_HEADER, CLIENT_CONNECT_ATTRS, CLIENT_CONNECT_WITH_DB,
     CLIENT_LONG_PASSWORD, CLIENT_PLUGIN_AUTH, CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA,
@@ -182,6 +180,13 @@ pub fn encode_handshake_v10(h: &HandshakeV10<'_>, out: &mut Vec<u8>) {
             out.push(0);
         }
     }
+}
+
+/// Appends `h` as a whole greeting packet (sequence id 0), as a server sends it.
+pub fn write_greeting(out: &mut Vec<u8>, h: &HandshakeV10<'_>) {
+    let mut payload = Vec::with_capacity(96);
+    encode_handshake_v10(h, &mut payload);
+    super::framing::write_packet(out, 0, &payload);
 }
 
 /// What the proxy needs to remember of a relayed greeting.
@@ -487,20 +492,7 @@ pub fn parse_auth_more_data(payload: &[u8]) -> Result<&[u8]> {
     }
 }
 
-/// mysql_native_password: SHA1(password) XOR SHA1(scramble[..20] ++ SHA1(SHA1(password))).
-/// An empty password gives an empty response.
-pub fn native_password_scramble(password: &[u8], scramble: &[u8]) -> Vec<u8> {
-    if password.is_empty() {
-        return Vec::new();
-    }
-    let stage1 = Sha1::digest(password);
-    let stage2 = Sha1::digest(stage1);
-    let mut h = Sha1::new();
-    h.update(&scramble[..scramble.len().min(20)]);
-    h.update(stage2);
-    let mix = h.finalize();
-    stage1.iter().zip(mix.iter()).map(|(a, b)| a ^ b).collect()
-}
+pub use super::auth::native_password_scramble;
 
 #[cfg(test)]
 mod tests {
@@ -508,6 +500,7 @@ mod tests {
     use crate::protocol::constants::*;
     use crate::protocol::framing::split_packet;
     use proptest::prelude::*;
+    use sha1::{Digest, Sha1};
 
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len())

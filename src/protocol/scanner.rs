@@ -5,10 +5,11 @@
 //! # How it is used
 //! The session splits each direction's byte stream into physical packets (`framing::PacketStream`)
 //! and hands every [`PacketHead`] to [`ResponseTracker::on_client_packet`] or
-//! [`ResponseTracker::on_server_packet`]. The tracker keeps a fixed-size state: a FIFO ring of at
-//! most [`MAX_PIPELINE`] pending commands (clients may pipeline), the phase of the response in
-//! progress, and the last server status flags. It never allocates and never panics; bytes it
-//! cannot make sense of are a [`ProtoError`], after which the session should drop the connection.
+//! [`ResponseTracker::on_server_packet`]. The tracker keeps a small state: a FIFO ring of
+//! [`MAX_PIPELINE`] pending commands (clients may pipeline) with a growable overflow behind it
+//! that stays unallocated unless a client pipelines further, the phase of the response in
+//! progress, and the last server status flags. It never panics; bytes it cannot make sense of are
+//! a [`ProtoError`], after which the session should drop the connection.
 //! It starts in the command phase: the handshake and the initial authentication are not its job.
 //!
 //! # The rules, and where they come from
@@ -64,8 +65,14 @@ use super::cursor::Cursor;
 use super::error::{ProtoError, Result};
 use super::framing::PacketHead;
 
-/// How many commands may be pending (sent, response not ended) at once; one more is an error.
+/// How many pending commands (sent, response not ended) the tracker holds inline. A proxy stops
+/// reading a client that has this many pending; more (a compressed frame full of commands) go to
+/// a growable overflow, up to [`MAX_PENDING`].
 pub const MAX_PIPELINE: usize = 32;
+
+/// Most commands pending at once; one more is an error. Far above what a client that waits for
+/// its answers can reach: only pipelining without limit, inside one compressed frame, gets near.
+pub const MAX_PENDING: usize = 1 << 20;
 
 const MAX_LEN: u32 = MAX_PAYLOAD_LEN as u32;
 
@@ -206,6 +213,8 @@ pub struct ResponseTracker {
     queue: [Expect; MAX_PIPELINE],
     queue_head: usize,
     queue_len: usize,
+    /// Commands pending beyond the inline queue, oldest first (empty, unallocated, normally).
+    overflow: std::collections::VecDeque<Expect>,
     phase: Phase,
     awaiting: Option<Await>,
     /// The outcome of a server packet of exactly 0xFF_FFFF bytes, reported on its last continuation.
@@ -227,6 +236,7 @@ impl ResponseTracker {
             queue: [Expect::Nothing; MAX_PIPELINE],
             queue_head: 0,
             queue_len: 0,
+            overflow: std::collections::VecDeque::new(),
             phase: Phase::Start,
             awaiting: None,
             deferred: None,
@@ -258,7 +268,12 @@ impl ResponseTracker {
 
     /// Commands sent whose responses have not ended.
     pub fn pending(&self) -> usize {
-        self.queue_len
+        self.queue_len + self.overflow.len()
+    }
+
+    /// How many more commands fit in the inline queue (a proxy stops reading at 0).
+    pub fn room(&self) -> usize {
+        MAX_PIPELINE.saturating_sub(self.pending())
     }
 
     /// Server status flags from the last OK/EOF seen (0 before any).
@@ -286,11 +301,15 @@ impl ResponseTracker {
     }
 
     fn push(&mut self, e: Expect) -> Result<()> {
-        if self.queue_len == MAX_PIPELINE {
+        if self.pending() >= MAX_PENDING {
             return Err(ProtoError::Unexpected {
                 what: "command",
                 state: "pipeline full",
             });
+        }
+        if self.queue_len == MAX_PIPELINE {
+            self.overflow.push_back(e);
+            return Ok(());
         }
         let slot = (self.queue_head + self.queue_len) % MAX_PIPELINE;
         self.queue[slot] = e;
@@ -302,6 +321,11 @@ impl ResponseTracker {
         if self.queue_len > 0 {
             self.queue_head = (self.queue_head + 1) % MAX_PIPELINE;
             self.queue_len -= 1;
+            if let Some(e) = self.overflow.pop_front() {
+                let slot = (self.queue_head + self.queue_len) % MAX_PIPELINE;
+                self.queue[slot] = e;
+                self.queue_len += 1;
+            }
         }
         self.phase = Phase::Start;
     }
@@ -1613,6 +1637,7 @@ mod tests {
                 seq: 1,
                 head: &[1, 7],
                 continuation: false,
+                at: None,
             });
             assert!(matches!(e, Err(ProtoError::Malformed { .. })), "{e:?}");
         }
@@ -1680,6 +1705,7 @@ mod tests {
             seq: 1,
             head: &[0, 1, 0, 0, 0],
             continuation: false,
+            at: None,
         });
         assert_eq!(e, Err(ProtoError::truncated("prepare-OK")));
     }
@@ -1849,6 +1875,7 @@ mod tests {
             seq: 0,
             head: &ok(AC),
             continuation: false,
+            at: None,
         });
         assert!(
             matches!(e, Err(ProtoError::Unexpected { state: "idle", .. })),
@@ -2042,6 +2069,7 @@ mod tests {
                 seq: 1,
                 head,
                 continuation: false,
+                at: None,
             });
             assert_eq!(e, Err(ProtoError::truncated(what)), "{head:?}");
         }
@@ -2051,6 +2079,7 @@ mod tests {
             seq: 0,
             head: &[],
             continuation: false,
+            at: None,
         });
         assert_eq!(e, Err(ProtoError::truncated("command byte")));
         let e = t.on_server_packet(&PacketHead {
@@ -2058,20 +2087,70 @@ mod tests {
             seq: 0,
             head: &[],
             continuation: false,
+            at: None,
         });
         assert_eq!(e, Err(ProtoError::truncated("response packet")));
     }
 
     #[test]
-    fn pipeline_limit() {
+    fn pipelined_commands_beyond_the_inline_queue_are_kept_in_order() {
+        let mut t = ResponseTracker::new(DEP);
+        let ping = PacketHead {
+            len: 1,
+            seq: 0,
+            head: &[COM_PING],
+            continuation: false,
+            at: None,
+        };
+        let stats = PacketHead {
+            head: &[COM_STATISTICS],
+            ..ping
+        };
+        // 100 pipelined commands (MariaDB answers them all, direct): pings, one STATISTICS.
+        for i in 0..100 {
+            let p = if i == 70 { &stats } else { &ping };
+            t.on_client_packet(p).unwrap();
+            assert_eq!(t.room(), MAX_PIPELINE.saturating_sub(i + 1));
+        }
+        assert_eq!(t.pending(), 100);
+        let okp = ok(AC);
+        let sp = PacketHead {
+            len: okp.len() as u32,
+            seq: 1,
+            head: &okp,
+            continuation: false,
+            at: None,
+        };
+        let text = PacketHead {
+            len: 5,
+            seq: 1,
+            head: b"Up 9",
+            continuation: false,
+            at: None,
+        };
+        for i in 0..100 {
+            let p = if i == 70 { &text } else { &sp };
+            assert!(matches!(
+                t.on_server_packet(p).unwrap(),
+                ServerPacket::ResponseEnd { .. }
+            ));
+            assert_eq!(t.pending(), 99 - i);
+        }
+        assert!(t.is_idle());
+        assert_eq!(t.room(), MAX_PIPELINE);
+    }
+
+    #[test]
+    fn more_than_max_pending_commands_is_an_error() {
         let mut t = ResponseTracker::new(DEP);
         let p = PacketHead {
             len: 1,
             seq: 0,
             head: &[COM_PING],
             continuation: false,
+            at: None,
         };
-        for _ in 0..MAX_PIPELINE {
+        for _ in 0..MAX_PENDING {
             t.on_client_packet(&p).unwrap();
         }
         assert!(matches!(
@@ -2081,21 +2160,6 @@ mod tests {
                 ..
             })
         ));
-        let okp = ok(AC);
-        let sp = PacketHead {
-            len: okp.len() as u32,
-            seq: 1,
-            head: &okp,
-            continuation: false,
-        };
-        for i in (0..MAX_PIPELINE).rev() {
-            assert_eq!(t.on_server_packet(&sp).unwrap(), end(AC));
-            assert_eq!(t.pending(), i);
-        }
-        // the ring wraps: it works again afterwards
-        t.on_client_packet(&p).unwrap();
-        assert_eq!(t.on_server_packet(&sp).unwrap(), end(AC));
-        assert!(t.is_idle());
     }
 
     // ---------- property tests: generated well-formed conversations ----------
@@ -2713,9 +2777,9 @@ mod tests {
             let mut t = ResponseTracker::new(caps);
             for (client, len, head, continuation) in packets {
                 let head = &head[..head.len().min(len as usize)];
-                let p = PacketHead { len, seq: 0, head, continuation };
+                let p = PacketHead { len, seq: 0, head, continuation, at: None };
                 let _ = if client { t.on_client_packet(&p).map(|_| ()) } else { t.on_server_packet(&p).map(|_| ()) };
-                prop_assert!(t.pending() <= MAX_PIPELINE);
+                prop_assert!(t.pending() <= 40);
             }
         }
     }

@@ -1,12 +1,14 @@
-//! The `user_data` of every submission: which operation kind it is, which socket slab entry it
-//! belongs to and that entry's generation, so a completion that arrives after its socket was
-//! closed and the entry reused is recognised as stale.
+//! The `user_data` of every submission: which operation kind it is and which socket-table entry
+//! (index and generation, a [`Key`]) it belongs to, so a completion that arrives after its socket
+//! was closed and the entry reused is recognised as stale.
 //!
-//! Layout (64 bits): `kind` in bits 56..64, `generation` in bits 32..56 (24 bits, wrapping),
-//! `index` in bits 0..32.
+//! Layout (64 bits): `kind` in bits 56..64, the packed key below (generation in bits 32..56,
+//! index in bits 0..32). Accepts carry `listener << 8 | accept slot` as their index; operations
+//! of no socket (the wake-up read, cancels of accepts) carry [`NO_SOCKET`].
 
-/// What a submission was. Each kind has at most one operation in flight per socket, except
-/// `Accept` (one per listener, `index` = listener number) and `Tick`.
+use super::slab::Key;
+
+/// What a submission was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum OpKind {
@@ -21,44 +23,58 @@ pub enum OpKind {
     Cancel = 9,
     Bind = 10,
     Shutdown = 11,
+    Wake = 12,
 }
 
 impl OpKind {
+    const ALL: [OpKind; 12] = [
+        OpKind::Accept,
+        OpKind::Recv,
+        OpKind::Send,
+        OpKind::Socket,
+        OpKind::SetOpt,
+        OpKind::Connect,
+        OpKind::ConnectTimeout,
+        OpKind::Close,
+        OpKind::Cancel,
+        OpKind::Bind,
+        OpKind::Shutdown,
+        OpKind::Wake,
+    ];
+
     fn from_u8(v: u8) -> Option<OpKind> {
-        Some(match v {
-            1 => OpKind::Accept,
-            2 => OpKind::Recv,
-            3 => OpKind::Send,
-            4 => OpKind::Socket,
-            5 => OpKind::SetOpt,
-            6 => OpKind::Connect,
-            7 => OpKind::ConnectTimeout,
-            8 => OpKind::Close,
-            9 => OpKind::Cancel,
-            10 => OpKind::Bind,
-            11 => OpKind::Shutdown,
-            _ => return None,
-        })
+        OpKind::ALL.iter().copied().find(|k| *k as u8 == v)
     }
 }
 
-const GEN_MASK: u32 = 0x00ff_ffff;
+/// The key of operations that belong to no socket.
+pub const NO_SOCKET: Key = Key {
+    index: u32::MAX,
+    generation: 0,
+};
 
 /// Packs an operation's identity into `user_data`.
-pub fn encode(kind: OpKind, index: u32, generation: u32) -> u64 {
-    ((kind as u64) << 56) | (((generation & GEN_MASK) as u64) << 32) | index as u64
+pub fn encode(kind: OpKind, key: Key) -> u64 {
+    ((kind as u64) << 56) | key.pack()
 }
 
 /// Unpacks `user_data`; `None` for values this runtime never produces.
-pub fn decode(user_data: u64) -> Option<(OpKind, u32, u32)> {
+pub fn decode(user_data: u64) -> Option<(OpKind, Key)> {
     let kind = OpKind::from_u8((user_data >> 56) as u8)?;
-    let generation = ((user_data >> 32) as u32) & GEN_MASK;
-    Some((kind, user_data as u32, generation))
+    Some((kind, Key::unpack(user_data)))
 }
 
-/// The next generation after `g`, within the 24 bits `user_data` carries.
-pub fn next_generation(g: u32) -> u32 {
-    g.wrapping_add(1) & GEN_MASK
+/// The `Key` an accept carries: listener and accept slot.
+pub fn accept_key(listener: u32, slot: u32) -> Key {
+    Key {
+        index: listener << 8 | slot,
+        generation: 0,
+    }
+}
+
+/// The listener and accept slot of an accept's key.
+pub fn accept_of(key: Key) -> (u32, u32) {
+    (key.index >> 8, key.index & 0xff)
 }
 
 #[cfg(test)]
@@ -67,29 +83,13 @@ mod tests {
 
     #[test]
     fn round_trips_every_kind_and_extreme_values() {
-        for kind in [
-            OpKind::Accept,
-            OpKind::Recv,
-            OpKind::Send,
-            OpKind::Socket,
-            OpKind::SetOpt,
-            OpKind::Connect,
-            OpKind::ConnectTimeout,
-            OpKind::Close,
-            OpKind::Cancel,
-            OpKind::Bind,
-            OpKind::Shutdown,
-        ] {
-            for (idx, gen) in [(0, 0), (u32::MAX, GEN_MASK), (12345, 77)] {
-                assert_eq!(decode(encode(kind, idx, gen)), Some((kind, idx, gen)));
+        for kind in OpKind::ALL {
+            for (index, generation) in [(0, 0), (u32::MAX, 0x00ff_ffff), (12345, 77)] {
+                let key = Key { index, generation };
+                assert_eq!(decode(encode(kind, key)), Some((kind, key)));
             }
         }
-    }
-
-    #[test]
-    fn generation_wraps_within_24_bits() {
-        assert_eq!(next_generation(GEN_MASK), 0);
-        assert_eq!(decode(encode(OpKind::Recv, 1, GEN_MASK + 5)).unwrap().2, 4);
+        assert_eq!(accept_of(accept_key(3, 17)), (3, 17));
     }
 
     #[test]

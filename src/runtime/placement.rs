@@ -53,6 +53,30 @@ pub fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) 
     (ss, len as libc::socklen_t)
 }
 
+/// The address a kernel-filled `sockaddr_storage` holds (IPv4 or IPv6), if it holds one.
+pub fn socket_addr(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and it is large enough.
+            let sin = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in6, and it is large enough.
+            let sin6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
 fn check(ret: libc::c_int, what: &str, addr: &SocketAddr) -> io::Result<libc::c_int> {
     if ret < 0 {
         let e = io::Error::last_os_error();
@@ -186,6 +210,18 @@ pub fn claim_listen_addr(addr: &SocketAddr) -> io::Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockaddr_round_trips() {
+        for text in ["127.0.0.2:3306", "[::1]:6033"] {
+            let a: SocketAddr = text.parse().unwrap();
+            let (ss, len) = sockaddr(&a);
+            assert_eq!(socket_addr(&ss, len), Some(a));
+        }
+        // SAFETY: all-zero sockaddr_storage is valid (family AF_UNSPEC).
+        let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        assert_eq!(socket_addr(&zero, 128), None);
+    }
 
     #[test]
     fn a_port_held_by_another_socket_is_refused_and_port_zero_is_resolved() {
