@@ -38,6 +38,8 @@ pub trait SimPeer {
     fn poll(&mut self, now: Instant, out: &mut Vec<u8>) -> PeerAction;
     /// The worker closed (or shut down) the connection.
     fn on_closed(&mut self);
+    /// The simulation made this peer vanish (a reset): it is gone.
+    fn on_vanished(&mut self) {}
     /// Bytes the peer would take now (a slow reader says 0; its sends then wait).
     fn window(&self) -> usize {
         usize::MAX
@@ -81,6 +83,9 @@ impl Faults {
         }
     }
 }
+
+/// Submission-queue entries of the simulated ring: few, so the worker often has to make room.
+const SQ_ENTRIES: usize = 12;
 
 /// splitmix64: small, fast, and good enough to drive a simulation.
 #[derive(Debug, Clone)]
@@ -136,6 +141,8 @@ struct InFlight {
     /// The connection the operation's slot named when it was submitted: like the kernel's
     /// file reference, it stays even if the slot is closed and reused meanwhile.
     conn: Option<usize>,
+    /// Submission order: a cancel reaches only operations submitted before it.
+    order: u64,
 }
 
 /// A chain of linked operations; only the head runs.
@@ -170,6 +177,8 @@ pub struct SimNet {
     next_port: u16,
     /// Every completion delivered, for diagnostics.
     pub completions: u64,
+    /// Operations submitted so far.
+    submitted: u64,
 }
 
 /// The test's handle on the simulation (shared with the driver the worker owns).
@@ -199,6 +208,7 @@ impl SimHandle {
             buf_returned: Vec::new(),
             next_port: 40000,
             completions: 0,
+            submitted: 0,
         })))
     }
 
@@ -266,6 +276,15 @@ impl SimNet {
     /// Moves the queued submissions into chains, reading send data now (the worker keeps its
     /// msghdrs only until the submission).
     fn submit(&mut self) {
+        // The worker must never submit half a chain: the kernel would run the first half
+        // unlinked from the rest.
+        if let Some((op, _, link)) = self.queued.last() {
+            assert_eq!(
+                *link,
+                Link::None,
+                "a linked chain was split across submissions at {op:?}"
+            );
+        }
         let mut chain: VecDeque<InFlight> = VecDeque::new();
         for (op, user_data, link) in std::mem::take(&mut self.queued) {
             let data = match op {
@@ -277,6 +296,8 @@ impl SimNet {
             let hang =
                 matches!(op, Op::Connect { .. }) && self.rng.chance(self.faults.hang_connect);
             let conn = op_slot(&op).and_then(|slot| self.conn_of_slot(slot));
+            self.submitted += 1;
+            let order = self.submitted;
             chain.push_back(InFlight {
                 op,
                 user_data,
@@ -285,6 +306,7 @@ impl SimNet {
                 deadline: None,
                 hang,
                 conn,
+                order,
             });
             if link == Link::None {
                 self.start_chain(std::mem::take(&mut chain));
@@ -527,7 +549,8 @@ impl SimNet {
     fn run_cancel(&mut self, i: usize, pick: impl Fn(&InFlight) -> bool) -> bool {
         let mut chain = self.chains.swap_remove(i).0;
         let head = chain.pop_front().expect("a chain has a head");
-        let n = self.cancel_where(pick);
+        let before = head.order;
+        let n = self.cancel_where(|f| f.order < before && pick(f));
         self.post(head.user_data, n, 0);
         if !chain.is_empty() {
             self.chains.push(Chain(chain));
@@ -581,7 +604,9 @@ impl SimNet {
         }
         let c = live[self.rng.below(live.len() as u64) as usize];
         if self.rng.chance(self.faults.vanish) {
-            self.conns[c].as_mut().expect("live").reset = true;
+            let conn = self.conns[c].as_mut().expect("live");
+            conn.reset = true;
+            conn.peer.on_vanished();
             return true;
         }
         let now = self.now;
@@ -733,8 +758,8 @@ unsafe fn gather(msg: *const libc::msghdr) -> Vec<u8> {
 
 impl Driver for SimDriver {
     fn sq_space(&mut self) -> usize {
-        // A small queue, so the worker's room-making path runs too.
-        64usize.saturating_sub(self.0.borrow().queued.len())
+        // A small queue, so the worker's room-making path runs often.
+        SQ_ENTRIES.saturating_sub(self.0.borrow().queued.len())
     }
 
     fn push(&mut self, op: Op, user_data: u64, link: Link) {

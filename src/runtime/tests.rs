@@ -279,7 +279,7 @@ fn echo_under_faults_for_many_seeds() {
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(1000);
     let first: u64 = std::env::var("SIM_SEED_FIRST")
         .ok()
         .and_then(|s| s.parse().ok())
