@@ -312,8 +312,14 @@ impl SendQueue {
     pub fn drop_unsent(&mut self, mut drop_chunk: impl FnMut(Chunk)) {
         let keep = usize::from(self.in_flight);
         while self.chunks.len() > keep {
+            // The front chunk may be partly sent already.
+            let sent = if self.chunks.len() == 1 {
+                self.sent_off
+            } else {
+                0
+            };
             let c = self.chunks.pop_back().expect("len > keep");
-            self.queued -= c.len();
+            self.queued -= c.len() - sent;
             self.owned -= c.owned_bytes();
             drop_chunk(c);
         }
@@ -395,6 +401,20 @@ mod tests {
         q.finish_send(0, true, |c| dropped.push(c.len()));
         assert_eq!(dropped, vec![3, 5, 5]);
         assert!(q.is_empty() && q.queued() == 0 && q.owned() == 0);
+        q.check().unwrap();
+    }
+
+    #[test]
+    fn dropping_a_partly_sent_queue_accounts_for_what_was_sent() {
+        let mut q = SendQueue::default();
+        q.push(owned(10));
+        q.push(owned(4));
+        iovs(&mut q, 64);
+        q.finish_send(3, false, |_| panic!("nothing fully sent"));
+        assert_eq!(q.queued(), 11);
+        let mut dropped = 0;
+        q.drop_unsent(|_| dropped += 1);
+        assert_eq!((dropped, q.queued(), q.owned()), (2, 0, 0));
         q.check().unwrap();
     }
 
