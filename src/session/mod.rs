@@ -198,4 +198,6 @@ impl RateLimit {
 }
 
 #[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
 mod tests;

@@ -99,6 +99,48 @@ impl Proxy {
         Duration::from_secs(5)
     }
 
+    /// Checks that clients and backends point at each other, and the prewarm bookkeeping.
+    pub fn invariants(&self) -> Result<(), String> {
+        for (k, c) in self.clients.iter().filter(|(_, c)| !c.is_closed()) {
+            let Some(bid) = c.backend else { continue };
+            let back = self.backends.get(bid.0).and_then(|b| b.client);
+            if back != Some(ClientId(k)) {
+                return Err(format!(
+                    "client {k:?} -> backend {bid:?} -> client {back:?}"
+                ));
+            }
+        }
+        for (k, b) in self.backends.iter() {
+            let Some(cid) = b.client else { continue };
+            let c = self.clients.get(cid.0).filter(|c| !c.is_closed());
+            if c.and_then(|c| c.backend) != Some(BackendId(k)) {
+                return Err(format!(
+                    "backend {k:?} -> client {cid:?}, which does not point back"
+                ));
+            }
+        }
+        for (i, bid) in self.ready.iter().enumerate() {
+            let ok = self
+                .backends
+                .get(bid.0)
+                .is_some_and(|b| b.client.is_none() && b.phase() == backend::Phase::Ready);
+            if !ok || self.ready.iter().skip(i + 1).any(|x| x == bid) {
+                return Err(format!(
+                    "ready entry {bid:?} is not a free ready connection"
+                ));
+            }
+        }
+        let warming = self
+            .backends
+            .iter()
+            .filter(|(_, b)| b.client.is_none() && is_warming(b))
+            .count();
+        if warming != self.warming {
+            return Err(format!("warming {} but {warming} counted", self.warming));
+        }
+        Ok(())
+    }
+
     fn take_scratch(&mut self) -> Vec<Action> {
         self.scratch.pop().unwrap_or_default()
     }
@@ -258,8 +300,11 @@ impl Proxy {
         }
     }
 
-    /// A backend connection that lost its client: back to the prewarmed set if its handshake
-    /// has not begun, else retired.
+    /// A backend connection that lost its client. One whose greeting is here goes back to the
+    /// prewarmed set (or is retired); one still connecting or waiting for its greeting becomes a
+    /// prewarm connection, decided on when the greeting comes: closing it now would leave the
+    /// server a handshake abandoned (counted against the proxy's host). One in the middle of a
+    /// relayed authentication is retired; one past it is closed.
     fn release_backend(&mut self, io: &mut Io, bid: BackendId) {
         let Some(b) = self.backends.get_mut(bid.0) else {
             return;
@@ -269,13 +314,10 @@ impl Proxy {
             backend::Phase::Ready if self.ready.len() < self.shared.prewarm && !self.draining => {
                 self.ready.push_back(bid);
             }
-            backend::Phase::Connecting | backend::Phase::Greeting if !self.draining => {
-                self.warming += 1;
+            backend::Phase::Connecting | backend::Phase::Greeting => self.warming += 1,
+            backend::Phase::Ready | backend::Phase::RelayAuth { .. } => {
+                self.retire_backend(io, bid)
             }
-            backend::Phase::Ready
-            | backend::Phase::Connecting
-            | backend::Phase::Greeting
-            | backend::Phase::RelayAuth { .. } => self.retire_backend(io, bid),
             _ => self.close_backend(io, bid),
         }
     }
