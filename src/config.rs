@@ -1027,12 +1027,15 @@ impl CommandFactory for Cli {
     fn command() -> Command {
         Command::new("ringproxy")
             .version(env!("CARGO_PKG_VERSION"))
+            // A later option overrides an earlier one of the same key (wrappers add theirs last).
+            .args_override_self(true)
             .about("A MySQL-protocol proxy for Linux on io_uring")
             .long_about(
                 "A MySQL-protocol proxy for Linux on io_uring.\n\n\
                  Settings are read from the TOML file given by --config (alias --defaults-file) \
-                 first; command-line options then override it key by key. Address lists accept \
-                 the option repeated and/or comma-separated values. Sizes accept a number of \
+                 first; command-line options then override it key by key (and a later option an \
+                 earlier one). Address lists accept the option repeated and/or comma-separated \
+                 values. Sizes accept a number of \
                  bytes or a number with a B, KiB, MiB, GiB, K, M or G suffix (K = KiB, M = MiB, \
                  G = GiB).",
             )
