@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     match ringproxy::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("ringproxy: {err:#}");
+            eprintln!("ringproxy: {err}");
             ExitCode::from(1)
         }
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use std::io;
 
 use crate::config::Config;
 use crate::metrics::{SharedStats, WorkerStats};
@@ -14,13 +14,18 @@ use crate::runtime::spawn::{self, Spec};
 use crate::runtime::{placement, ring, MemoryBudget, WorkerConfig};
 use crate::session::{Proxy, Shared};
 
+/// `e` with `what` in front, for errors that must say what was being done.
+fn context(what: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
 /// Runs the proxy until SIGINT/SIGTERM and the drain that follows.
-pub fn run(config: Config) -> anyhow::Result<()> {
-    ring::probe().context("io_uring feature probe")?;
+pub fn run(config: Config) -> io::Result<()> {
+    ring::probe().map_err(context("io_uring feature probe"))?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&shutdown))
-            .context("installing signal handlers")?;
+            .map_err(context("installing signal handlers"))?;
     }
     let stats = start(&config, shutdown)?;
     let total = spawn::sum(&stats);
@@ -50,7 +55,7 @@ pub fn worker_config(config: &Config, index: usize, fixed_slots: u32) -> WorkerC
 }
 
 /// Starts the workers and blocks until they have all exited; returns their counters.
-pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> anyhow::Result<Vec<Arc<SharedStats>>> {
+pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> io::Result<Vec<Arc<SharedStats>>> {
     let mut listen = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
         listen.push(placement::claim_listen_addr(addr)?);
