@@ -45,7 +45,8 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: ptr/len are exactly what mmap returned, and whoever reads the mapping (the
-        // kernel through a registered ring) is gone before its owner drops it.
+        // kernel, through a registered buffer ring) is gone before its owner drops it: a ring's
+        // fields drop in order, the ring before the mappings it reads.
         unsafe {
             libc::munmap(self.ptr.cast(), self.len);
         }

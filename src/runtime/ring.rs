@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::BufRingEntry;
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
+use super::buffers::Mapping;
 use super::driver::{Cqe, Driver, Link, Op};
 use super::placement;
 
@@ -151,46 +152,6 @@ fn missing(what: &str, since: &str) -> io::Error {
         io::ErrorKind::Unsupported,
         format!("this kernel lacks {what}, which ringproxy needs (Linux {since} or newer)"),
     )
-}
-
-/// An anonymous private mapping, unmapped on drop.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize) -> io::Result<Mapping> {
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
-        // result is checked against MAP_FAILED before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mapping {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly what mmap returned, and nothing uses the mapping after drop
-        // (the ring that reads it is dropped first: see `Uring`'s field order).
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
-        }
-    }
 }
 
 /// The kernel-facing half of the provided buffers: the ring of entries the kernel takes
