@@ -1,29 +1,71 @@
 #!/usr/bin/env bash
-# scripts/test-prereqs.sh — installs what the integration tests need and the machine lacks:
-# Debian's MariaDB server and client (mariadbd, mariadb-install-db, mariadb, mariadb-admin,
-# and the ed25519 auth plugins). Idempotent; needs root (or sudo) only when it installs.
+# scripts/test-prereqs.sh — installs, with apt-get, what scripts/dev-up and the tests need and the
+# machine lacks:
+#   mariadb  Debian's MariaDB server and client (mariadbd, mariadb-install-db, mariadb,
+#            mariadb-admin, the ed25519 auth plugin);
+#   python   python3 with a working `python3 -m venv` (python3-venv: Debian keeps ensurepip
+#            there), for the tests that drive real Python clients.
+# With no argument, both. Idempotent and non-interactive: it installs nothing when all is there,
+# runs apt-get as root or through `sudo -n` (never asks for a password), and otherwise fails
+# with the exact command to run. The test harness (tests/common/mariadb.rs) runs it by itself
+# when a binary is missing, serialised by a lock on target/.prereqs.lock.
 set -euo pipefail
+
+say() { printf 'test-prereqs: %s\n' "$*" >&2; }
 
 have() {
     command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 ]] || [[ -x /usr/bin/$1 ]]
 }
 
-missing=0
-for bin in mariadbd mariadb-install-db mariadb mariadb-admin; do
-    have "$bin" || missing=1
+mariadb_ok() {
+    local bin
+    for bin in mariadbd mariadb-install-db mariadb mariadb-admin; do
+        have "$bin" || return 1
+    done
+}
+
+python_ok() {
+    have python3 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1
+}
+
+want=("$@")
+[[ ${#want[@]} -gt 0 ]] || want=(mariadb python)
+packages=()
+for w in "${want[@]}"; do
+    case $w in
+        mariadb) mariadb_ok || packages+=(mariadb-server mariadb-client) ;;
+        python) python_ok || packages+=(python3 python3-venv) ;;
+        *) say "unknown part $w (mariadb, python)"; exit 2 ;;
+    esac
 done
-if [[ $missing -eq 0 ]]; then
-    echo "test-prereqs: MariaDB server and client present ($(/usr/sbin/mariadbd --version 2>/dev/null || mariadbd --version))"
+
+if [[ ${#packages[@]} -eq 0 ]]; then
+    say "present: ${want[*]}"
     exit 0
 fi
 
-sudo=()
-[[ $(id -u) -eq 0 ]] || sudo=(sudo)
-echo "test-prereqs: installing mariadb-server and mariadb-client with apt-get" >&2
+if [[ $(id -u) -eq 0 ]]; then
+    sudo=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo=(sudo -n)
+else
+    say "missing packages: ${packages[*]}, and no root or password-less sudo to install them."
+    say "Run this once, then try again:"
+    say "  sudo apt-get update && sudo apt-get install -y ${packages[*]}"
+    exit 1
+fi
+
 export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -q
-"${sudo[@]}" apt-get install -y -q mariadb-server mariadb-client
-for bin in mariadbd mariadb-install-db mariadb mariadb-admin; do
-    have "$bin" || { echo "test-prereqs: $bin still missing after apt-get install" >&2; exit 1; }
+say "installing ${packages[*]} with ${sudo[*]:+${sudo[*]} }apt-get"
+"${sudo[@]}" apt-get update -q >&2
+"${sudo[@]}" apt-get install -y -q "${packages[@]}" >&2
+
+failed=0
+for w in "${want[@]}"; do
+    case $w in
+        mariadb) mariadb_ok || { say "MariaDB binaries still missing after apt-get"; failed=1; } ;;
+        python) python_ok || { say "python3 -m venv still unusable after apt-get"; failed=1; } ;;
+    esac
 done
-echo "test-prereqs: done"
+[[ $failed -eq 0 ]] || exit 1
+say "done"

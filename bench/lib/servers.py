@@ -1,7 +1,7 @@
 """servers: the backends and proxies a benchmark puts under load, each started and stopped here.
 
-Owns: finding/building the project binaries (ringproxy, loadgen), a private MariaDB (temp datadir,
-free loopback port, user app/app, database app, anonymous users dropped), loadgen's mock server,
+Owns: finding/building the project binaries (ringproxy, loadgen), a private MariaDB (started and
+stopped by scripts/mariadb-private, the one place that does so), loadgen's mock server,
 and the proxies compared: ringproxy, HAProxy (TCP mode), ProxySQL and MySQL Proxy 0.8 (the last
 two only when PROXYSQL_BIN / MYSQL_PROXY_BIN name binaries). Every server is a procs.Child, so it
 is stopped when the benchmark ends however it ends.
@@ -20,6 +20,7 @@ import procfs
 import procs
 
 REPO = Path(__file__).resolve().parents[2]
+MARIADB_PRIVATE = REPO / "scripts" / "mariadb-private"
 USER, PASSWORD, DB = "app", "app", "app"
 
 
@@ -38,13 +39,6 @@ def find_binary(name):
         if d and p.is_file() and os.access(p, os.X_OK):
             return str(p)
     return None
-
-
-def require_binary(name, hint):
-    p = find_binary(name)
-    if p is None:
-        raise SystemExit(f"bench: `{name}` not found: {hint}")
-    return p
 
 
 def target_dir():
@@ -158,84 +152,59 @@ class Server:
 
 
 class MariaDB(Server):
-    """A private MariaDB: mariadb-install-db into a temp dir, mariadbd --no-defaults on a free
-    port. `extra` adds mariadbd options (e.g. the thread pool for the connection scenario)."""
+    """A private MariaDB, started by scripts/mariadb-private (profile `bench`: temp datadir, free
+    loopback port, user app/app, database app, no anonymous users). `max_connections` and `extra`
+    (e.g. the thread pool for the connection scenario) are added to the profile's mariadbd
+    options. The script's supervisor kills mariadbd should this benchmark die without stopping
+    it; `stop` (also run at exit) shuts it down cleanly."""
 
     name = "mariadb"
 
     def __init__(self, max_connections=5000, extra=()):
-        hint = "install Debian's MariaDB: apt-get install -y mariadb-server mariadb-client"
-        self.mariadbd = require_binary("mariadbd", hint)
-        self.install_db = require_binary("mariadb-install-db", hint)
-        self.cli = require_binary("mariadb", hint)
         self.workdir = Workdir("mariadb")
         root = self.workdir.path
-        self.datadir = root / "data"
-        self.socket = root / "mysqld.sock"
-        innodb = ["--innodb-buffer-pool-size=256M", "--innodb-log-file-size=64M",
-                  "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0"]
-        log(f"mariadb-install-db into {self.datadir}")
-        p = procs.run([self.install_db, "--no-defaults", "--user=root", f"--datadir={self.datadir}",
-                       "--auth-root-authentication-method=socket", "--skip-test-db", *innodb],
-                      timeout=120)
+        log(f"starting a private MariaDB in {root}")
+        argv = [MARIADB_PRIVATE, "start", "--dir", root, "--profile", "bench",
+                "--watch", os.getpid(), "--user", f"{USER}:{PASSWORD}", "--database", DB,
+                "--", f"--max-connections={max_connections}", *extra]
+        try:
+            p = procs.run(argv, timeout=300)
+        except TimeoutError as e:
+            procs.run([MARIADB_PRIVATE, "stop", root], timeout=120)
+            self.workdir.close()
+            raise RuntimeError(f"mariadb-private start: {e}") from None
+        if p.returncode == 3:
+            self.workdir.close()
+            raise SystemExit(f"bench: {p.stderr.strip()}")
         if p.returncode != 0:
             self.workdir.close()
-            raise RuntimeError(f"mariadb-install-db failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
-        for _attempt in range(5):
-            self.port = procfs.free_port()
-            argv = [self.mariadbd, "--no-defaults", "--user=root", f"--datadir={self.datadir}",
-                    f"--socket={self.socket}", f"--pid-file={root / 'mysqld.pid'}",
-                    f"--log-error={root / 'error.log'}", f"--tmpdir={root}",
-                    "--bind-address=127.0.0.1", f"--port={self.port}", "--skip-name-resolve",
-                    "--skip-log-bin", f"--max-connections={max_connections}",
-                    "--max-allowed-packet=64M", "--performance-schema=OFF",
-                    "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci",
-                    *innodb, *extra]
-            self.child = procs.Child("mariadbd", argv, root / "stdout.log")
-            if procs.sleep_until(lambda: not self.child.alive() or self._answers(), 60):
-                if self.child.alive():
-                    break
-            err_log = root / "error.log"
-            err = err_log.read_text(errors="replace") if err_log.exists() else ""
-            self.child.stop()
-            if "Address already in use" not in err:
-                self.workdir.close()
-                raise RuntimeError(f"mariadbd did not start:\n{err[-3000:]}")
-        else:
-            self.workdir.close()
-            raise RuntimeError("mariadbd: no free port after 5 attempts")
-        self.root_sql(f"""
-            DELETE FROM mysql.global_priv WHERE User = '';
-            FLUSH PRIVILEGES;
-            CREATE DATABASE IF NOT EXISTS {DB};
-            CREATE USER {USER}@'%' IDENTIFIED VIA mysql_native_password
-                USING PASSWORD('{PASSWORD}');
-            GRANT ALL ON *.* TO {USER}@'%';
-            FLUSH PRIVILEGES;""")
-        log(f"MariaDB {self.root_sql('SELECT VERSION()').strip()} on {self.addr} "
-            f"(pid {self.child.pid}, max_connections "
+            raise RuntimeError(f"mariadb-private start failed:\n{p.stderr[-3000:]}")
+        facts = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+        self.port = int(facts["port"])
+        self.pid = int(facts["pid"])
+        self.socket = Path(facts["socket"])
+        self.datadir = Path(facts["datadir"])
+        self.cli = facts["client"]
+        self.admin_user = facts["admin_user"]
+        self.stopped = False
+        atexit.register(self.stop)  # runs before Workdir.close_all (registered earlier)
+        log(f"MariaDB {facts['version']} on {self.addr} (pid {self.pid}, max_connections "
             f"{self.root_sql('SELECT @@max_connections').strip()})")
 
-    def _answers(self):
-        if not self.socket.exists():
-            return False
-        try:
-            p = procs.run([self.cli, "--no-defaults", f"--socket={self.socket}", "-uroot",
-                           "--batch", "--skip-column-names", "-e", "SELECT @@port"], timeout=10)
-        except TimeoutError:
-            return False
-        return p.returncode == 0 and p.stdout.strip() == str(self.port)
-
     def root_sql(self, sql):
-        p = procs.run([self.cli, "--no-defaults", f"--socket={self.socket}", "-uroot", "--batch",
-                       "--skip-column-names", "-e", sql], timeout=120)
+        p = procs.run([self.cli, "--no-defaults", f"--socket={self.socket}", "--protocol=SOCKET",
+                       f"-u{self.admin_user}", "--batch", "--skip-column-names", "-e", sql],
+                      timeout=120)
         if p.returncode != 0:
             raise RuntimeError(f"SQL failed: {sql.strip()[:200]}\n{p.stderr}")
         return p.stdout
 
     def stop(self):
-        if self.child is not None:
-            self.child.stop(timeout=60)
+        if not self.stopped:
+            self.stopped = True
+            p = procs.run([MARIADB_PRIVATE, "stop", self.workdir.path], timeout=120)
+            if p.returncode != 0:
+                log(f"mariadb-private stop: {p.stderr.strip()}")
         self.workdir.close()
 
 

@@ -1,342 +1,25 @@
-//! Integration-test harness: a private MariaDB server per test binary, a `ringproxy` child
-//! process in front of it, and small helpers (free ports, the `mariadb` CLI, target choice).
+//! Integration-test harness of the root crate: a `ringproxy` child process (`Proxy`) in front of
+//! a private MariaDB, the `Target` switch that lets every proxied test also run straight against
+//! MariaDB (`RINGPROXY_TEST_TARGET=direct`) so the test logic itself can be checked without the
+//! proxy, and resultset helpers.
 //!
-//! Owns: starting/stopping MariaDB (`MariaDb`), starting/stopping the proxy (`Proxy`), and the
-//! `Target` switch that lets every proxied test also run straight against MariaDB
-//! (`RINGPROXY_TEST_TARGET=direct`) so the test logic itself can be checked without the proxy.
-//!
-//! MariaDB lives in a `OnceLock` static that is never dropped, so it is started under a small
-//! shell watchdog that kills it (and removes its data directory) once the test process is gone.
+//! What both crates' tests need (MariaDB, prerequisites, the Python env, free ports, the `mariadb`
+//! CLI) is in `mariadb.rs`, shared with loadgen and re-exported here.
 
 // Each test binary uses a different subset of this shared module.
 #![allow(dead_code)]
 
-use std::fs::{self, File};
+mod mariadb;
+
+pub use mariadb::*;
+
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
-
-const MISSING_MARIADB: &str = "mariadbd not found: install Debian's MariaDB with \
-`apt-get install -y mariadb-server mariadb-client` (tests need a real server; they do not skip)";
-
-/// Database every test user can use; created at bootstrap.
-pub const DB: &str = "rp";
-/// `mysql_native_password` user with all privileges.
-pub const NATIVE_USER: &str = "rp_native";
-pub const NATIVE_PASS: &str = "native-pw";
-/// Second native user, the target of COM_CHANGE_USER tests.
-pub const OTHER_USER: &str = "rp_other";
-pub const OTHER_PASS: &str = "other-pw";
-/// ed25519 user (exists only when `MariaDb::has_ed25519`).
-pub const ED_USER: &str = "rp_ed";
-pub const ED_PASS: &str = "ed-pw";
-
-/// A private MariaDB server, started once per test binary.
-pub struct MariaDb {
-    /// TCP port on 127.0.0.1.
-    pub port: u16,
-    /// The server's data directory (inside `root`).
-    pub datadir: PathBuf,
-    /// Unix socket; root@localhost logs in through it with unix_socket auth.
-    pub socket: PathBuf,
-    /// Process id of `mariadbd`.
-    pub pid: u32,
-    /// Whether the `ed25519` auth plugin could be installed (and `rp_ed` exists).
-    pub has_ed25519: bool,
-    /// Directory holding datadir, socket, pid file and logs; removed by the watchdog.
-    pub root: PathBuf,
-    /// mariadbd's error log.
-    pub error_log: PathBuf,
-    watchdog: Mutex<Child>,
-}
-
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-fn require_binary(name: &str) -> PathBuf {
-    find_binary(name).unwrap_or_else(|| panic!("{MISSING_MARIADB} (missing `{name}`)"))
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .unwrap_or_default()
-}
-
-/// Options both `mariadb-install-db` and `mariadbd` get so the bootstrap matches the server.
-const INNODB_OPTS: &[&str] = &[
-    "--innodb-buffer-pool-size=128M",
-    "--innodb-log-file-size=32M",
-    "--innodb-flush-log-at-trx-commit=0",
-    "--innodb-doublewrite=0",
-];
-
-impl MariaDb {
-    /// The server shared by every test of this binary, started on first use.
-    pub fn shared() -> &'static MariaDb {
-        static SHARED: OnceLock<MariaDb> = OnceLock::new();
-        SHARED.get_or_init(MariaDb::start)
-    }
-
-    /// Client options for `user`/`pass` on 127.0.0.1:`port` (MariaDB's or the proxy's), db `rp`.
-    pub fn opts(&self, port: u16, user: &str, pass: &str) -> mysql::Opts {
-        mysql::OptsBuilder::new()
-            .ip_or_hostname(Some("127.0.0.1"))
-            .tcp_port(port)
-            .user(Some(user))
-            .pass(Some(pass))
-            .db_name(Some(DB))
-            .prefer_socket(false)
-            .tcp_connect_timeout(Some(Duration::from_secs(10)))
-            .read_timeout(Some(Duration::from_secs(120)))
-            .write_timeout(Some(Duration::from_secs(120)))
-            .into()
-    }
-
-    /// A connection as `rp_native` to `port`.
-    pub fn conn(&self, port: u16) -> mysql::Conn {
-        mysql::Conn::new(self.opts(port, NATIVE_USER, NATIVE_PASS))
-            .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port} as {NATIVE_USER}: {e}"))
-    }
-
-    /// Runs SQL as root over the unix socket with the `mariadb` CLI; panics on failure.
-    pub fn root_sql(&self, sql: &str) -> String {
-        let out = root_cli(&self.socket, sql);
-        assert!(
-            out.status.success(),
-            "root SQL failed: {sql}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn start() -> MariaDb {
-        let mariadbd = require_binary("mariadbd");
-        let install_db = require_binary("mariadb-install-db");
-        require_binary("mariadb");
-
-        let root = tempfile::Builder::new()
-            .prefix("ringproxy-mariadb-")
-            .tempdir()
-            .expect("create temp dir for MariaDB")
-            .keep();
-        let datadir = root.join("data");
-        let socket = root.join("mysqld.sock");
-        let pid_file = root.join("mysqld.pid");
-        let error_log = root.join("error.log");
-        let install_log = root.join("install.log");
-
-        let log = File::create(&install_log).expect("create install log");
-        let status = Command::new(&install_db)
-            .arg("--no-defaults")
-            .arg("--user=root")
-            .arg(format!("--datadir={}", datadir.display()))
-            .arg("--auth-root-authentication-method=socket")
-            .arg("--skip-test-db")
-            .args(INNODB_OPTS)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .status()
-            .unwrap_or_else(|e| panic!("run {}: {e}", install_db.display()));
-        assert!(
-            status.success(),
-            "mariadb-install-db failed ({status}):\n{}",
-            tail(&read_lossy(&install_log), 30)
-        );
-
-        // A free port can be taken by someone else between our probe and mariadbd's bind.
-        for attempt in 1..=5 {
-            let port = free_port();
-            let _ = fs::remove_file(&error_log);
-            let _ = fs::remove_file(&pid_file);
-            let mut args: Vec<String> = vec![
-                "--no-defaults".into(),
-                "--user=root".into(),
-                format!("--datadir={}", datadir.display()),
-                format!("--socket={}", socket.display()),
-                format!("--pid-file={}", pid_file.display()),
-                format!("--log-error={}", error_log.display()),
-                format!("--tmpdir={}", root.display()),
-                "--bind-address=127.0.0.1".into(),
-                format!("--port={port}"),
-                "--local-infile=1".into(),
-                "--max-allowed-packet=256M".into(),
-                "--max-connections=2000".into(),
-                "--skip-name-resolve".into(),
-                "--skip-log-bin".into(),
-                "--character-set-server=utf8mb4".into(),
-                "--collation-server=utf8mb4_general_ci".into(),
-                "--open-files-limit=8192".into(),
-                "--table-open-cache=400".into(),
-                "--thread-cache-size=600".into(),
-                "--net-read-timeout=120".into(),
-                "--net-write-timeout=120".into(),
-            ];
-            args.extend(INNODB_OPTS.iter().map(|s| s.to_string()));
-            let quoted: Vec<String> = std::iter::once(mariadbd.display().to_string())
-                .chain(args)
-                .map(|a| shell_quote(&a))
-                .collect();
-            let script = format!(
-                "{cmd} & m=$!\n\
-                 while kill -0 {test_pid} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done\n\
-                 kill -9 $m 2>/dev/null; wait $m\n\
-                 while kill -0 {test_pid} 2>/dev/null; do sleep 0.5; done\n\
-                 rm -rf {root}\n",
-                cmd = quoted.join(" "),
-                test_pid = std::process::id(),
-                root = shell_quote(&root.display().to_string()),
-            );
-            let mut watchdog = Command::new("sh")
-                .arg("-c")
-                .arg(script)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn sh for the mariadbd watchdog");
-
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut ready = false;
-            while Instant::now() < deadline {
-                if server_answers(&socket, port) {
-                    ready = true;
-                    break;
-                }
-                let log_text = read_lossy(&error_log);
-                if log_text.contains("[ERROR] Aborting") || log_text.contains("Can't start server")
-                {
-                    break;
-                }
-                sleep(Duration::from_millis(50));
-            }
-            if !ready {
-                let log_text = read_lossy(&error_log);
-                kill_server(&pid_file);
-                let _ = watchdog.kill();
-                let _ = watchdog.wait();
-                if log_text.contains("Address already in use") && attempt < 5 {
-                    continue;
-                }
-                panic!(
-                    "mariadbd did not come up on port {port}:\n{}",
-                    tail(&log_text, 40)
-                );
-            }
-            let pid: u32 = fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no pid in {}", pid_file.display()));
-
-            let mut db = MariaDb {
-                port,
-                datadir,
-                socket,
-                pid,
-                has_ed25519: false,
-                root,
-                error_log,
-                watchdog: Mutex::new(watchdog),
-            };
-            db.bootstrap();
-            return db;
-        }
-        unreachable!("the loop above returns or panics");
-    }
-
-    fn bootstrap(&mut self) {
-        self.root_sql(&format!(
-            "CREATE DATABASE {DB} CHARACTER SET utf8mb4;
-             CREATE USER {NATIVE_USER}@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('{NATIVE_PASS}');
-             CREATE USER {OTHER_USER}@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('{OTHER_PASS}');
-             GRANT ALL ON *.* TO {NATIVE_USER}@'%';
-             GRANT ALL ON *.* TO {OTHER_USER}@'%';"
-        ));
-        let installed = root_cli(&self.socket, "INSTALL SONAME 'auth_ed25519'");
-        let active = self.root_sql(
-            "SELECT COUNT(*) FROM information_schema.PLUGINS \
-             WHERE PLUGIN_NAME = 'ed25519' AND PLUGIN_STATUS = 'ACTIVE'",
-        );
-        if installed.status.success() && active.trim() == "1" {
-            self.root_sql(&format!(
-                "CREATE USER {ED_USER}@'%' IDENTIFIED VIA ed25519 USING PASSWORD('{ED_PASS}');
-                 GRANT ALL ON *.* TO {ED_USER}@'%';"
-            ));
-            self.has_ed25519 = true;
-        }
-        self.root_sql("FLUSH PRIVILEGES");
-    }
-
-    /// Whether the watchdog (and so mariadbd) is still running.
-    pub fn is_running(&self) -> bool {
-        matches!(self.watchdog.lock().map(|mut c| c.try_wait()), Ok(Ok(None)))
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-fn root_cli(socket: &Path, sql: &str) -> Output {
-    Command::new(require_binary("mariadb"))
-        .arg("--no-defaults")
-        .arg(format!("--socket={}", socket.display()))
-        .arg("--protocol=SOCKET")
-        .arg("-uroot")
-        .arg("--batch")
-        .arg("--skip-column-names")
-        .arg("-e")
-        .arg(sql)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the mariadb CLI")
-}
-
-fn server_answers(socket: &Path, port: u16) -> bool {
-    if !socket.exists() {
-        return false;
-    }
-    let out = root_cli(socket, "SELECT @@port");
-    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == port.to_string()
-}
-
-fn kill_server(pid_file: &Path) {
-    if let Some(pid) = fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    {
-        signal(pid, libc::SIGKILL);
-    }
-}
-
-fn signal(pid: i32, sig: libc::c_int) -> bool {
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is one we
-    // started (a child or mariadbd from its pid file), so we signal nothing foreign.
-    unsafe { libc::kill(pid, sig) == 0 }
-}
-
-/// A port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, release it).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
 
 /// A running `ringproxy` child process.
 pub struct Proxy {
@@ -414,7 +97,7 @@ impl Proxy {
 
     /// Resident set size in KiB (VmRSS from /proc/<pid>/status).
     pub fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .unwrap_or_else(|e| panic!("read /proc/{}/status: {e}", self.pid));
         status
             .lines()
@@ -487,22 +170,6 @@ impl Drop for Proxy {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Runs `mariadb -h127.0.0.1 -P<port> -u<user> -p<pass> --protocol=TCP rp <args>`.
-pub fn mariadb_cli(port: u16, user: &str, pass: &str, args: &[&str]) -> Output {
-    Command::new(require_binary("mariadb"))
-        .arg("--no-defaults")
-        .arg("-h127.0.0.1")
-        .arg(format!("-P{port}"))
-        .arg(format!("-u{user}"))
-        .arg(format!("-p{pass}"))
-        .arg("--protocol=TCP")
-        .arg(DB)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the mariadb CLI")
 }
 
 /// Where a test's client connections go.
