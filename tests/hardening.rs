@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 use common::{MariaDb, Proxy, DB, NATIVE_PASS as PASS, NATIVE_USER as USER};
 use mysql::prelude::Queryable;
 use raw::{RawConn, RawError};
-use ringproxy::protocol::auth::native_password_scramble;
 use ringproxy::protocol::constants::*;
 use ringproxy::protocol::framing::write_packet;
-use ringproxy::protocol::handshake::{encode_handshake_response41, HandshakeResponse41};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -27,41 +25,9 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A HandshakeResponse41 packet (sequence id 1) for `user`/`pass` answering `scramble`.
-fn handshake_response(scramble: &[u8], user: &str, pass: &str) -> Vec<u8> {
-    let auth = native_password_scramble(pass.as_bytes(), scramble);
-    let r = HandshakeResponse41 {
-        capabilities: CLIENT_LONG_PASSWORD
-            | CLIENT_PROTOCOL_41
-            | CLIENT_TRANSACTIONS
-            | CLIENT_SECURE_CONNECTION
-            | CLIENT_MULTI_RESULTS
-            | CLIENT_PLUGIN_AUTH
-            | CLIENT_CONNECT_WITH_DB,
-        max_packet_size: 1 << 24,
-        charset: 45,
-        mariadb_ext_capabilities: 0,
-        username: user.as_bytes(),
-        auth_response: &auth,
-        database: Some(DB.as_bytes()),
-        auth_plugin_name: Some(b"mysql_native_password"),
-        connect_attrs: None,
-    };
-    let mut p = Vec::new();
-    encode_handshake_response41(&r, &mut p);
-    let mut out = Vec::new();
-    write_packet(&mut out, 1, &p);
-    out
-}
-
-/// Reads a greeting packet off `s`; returns its scramble.
-fn read_greeting(s: &mut TcpStream) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut hdr = [0u8; 4];
-    s.read_exact(&mut hdr).unwrap();
-    let mut p = vec![0; u32::from_le_bytes([hdr[0], hdr[1], hdr[2], 0]) as usize];
-    s.read_exact(&mut p).unwrap();
-    raw::parse_greeting(&p).expect("a greeting").scramble
+/// The handshake response to `g` for `user`/`pass`, database rp, as one packet.
+fn handshake_response(g: &raw::Greeting, user: &str, pass: &str) -> Vec<u8> {
+    raw::handshake_response(g, user, pass, Some(DB), 0)
 }
 
 fn command(cmd: u8, body: &[u8]) -> Vec<u8> {
@@ -75,6 +41,19 @@ fn command(cmd: u8, body: &[u8]) -> Vec<u8> {
 fn connect(port: u16) -> mysql::Conn {
     mysql::Conn::new(MariaDb::shared().opts(port, USER, PASS))
         .unwrap_or_else(|e| panic!("connect to {port}: {e}"))
+}
+
+/// Waits (up to 20 s) until a new client gets a greeting rather than an ERR.
+fn wait_until_admitted(port: u16, context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = RawConn::connect(port).unwrap();
+        match c.read_greeting() {
+            Ok(_) => return,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("{context}: still refused: {e}"),
+        }
+    }
 }
 
 fn assert_serves(port: u16, context: &str) {
@@ -92,7 +71,7 @@ fn item4_command_pipelined_behind_the_handshake_response() {
     let proxy = Proxy::start(db.port, &[]);
     let mut c = RawConn::connect(proxy.port).unwrap();
     let g = c.read_greeting().unwrap();
-    let mut both = handshake_response(&g.scramble, USER, PASS);
+    let mut both = handshake_response(&g, USER, PASS);
     both.extend_from_slice(&command(COM_QUERY, b"SELECT 'pipelined'"));
     c.write_raw(&both).unwrap();
     let (seq, ok) = c.read_packet().unwrap();
@@ -186,14 +165,6 @@ fn fake_backend(mode: Fake) -> u16 {
     port
 }
 
-fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut hdr = [0u8; 4];
-    s.read_exact(&mut hdr)?;
-    let mut p = vec![0; u32::from_le_bytes([hdr[0], hdr[1], hdr[2], 0]) as usize];
-    s.read_exact(&mut p)?;
-    Ok((hdr[3], p))
-}
-
 fn fake_session(mut s: TcpStream, mode: Fake) {
     let mut g = vec![10];
     g.extend_from_slice(b"5.5.5-fake\0");
@@ -210,7 +181,7 @@ fn fake_session(mut s: TcpStream, mode: Fake) {
     let mut pkt = Vec::new();
     write_packet(&mut pkt, 0, &g);
     let Ok(()) = s.write_all(&pkt) else { return };
-    let Ok((_, resp)) = read_packet(&mut s) else {
+    let Ok((_, resp)) = raw::read_packet_from(&mut s) else {
         return;
     };
     let mut out = Vec::new();
@@ -234,7 +205,9 @@ fn fake_session(mut s: TcpStream, mode: Fake) {
         Fake::AnswerThenClose(n) => {
             ringproxy::protocol::packets::write_ok_packet(&mut out, 2, 0, 0, 2, 0);
             let Ok(()) = s.write_all(&out) else { return };
-            let Ok(_) = read_packet(&mut s) else { return };
+            let Ok(_) = raw::read_packet_from(&mut s) else {
+                return;
+            };
             // A resultset's start, then rows, then the server goes away mid-response.
             out.clear();
             let mut seq = write_packet(&mut out, 1, &[1]);
@@ -255,18 +228,23 @@ fn fake_session(mut s: TcpStream, mode: Fake) {
     }
 }
 
+/// A proxy in front of a fake backend, a client that sent its handshake response through it,
+/// and the proxy's RSS (KiB) before that client came.
+fn client_of_fake(mode: Fake) -> (Proxy, TcpStream, u64) {
+    let proxy = Proxy::start(fake_backend(mode), &[]);
+    let before = proxy.rss_kib();
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    let g = raw::read_greeting_from(&mut s);
+    s.write_all(&handshake_response(&g, USER, PASS)).unwrap();
+    (proxy, s, before)
+}
+
 /// Item 8: a client flooding after its handshake response at a backend that stopped reading
 /// does not grow the proxy: bytes held during authentication are bounded, then it stops reading.
 #[test]
 fn item8_no_unbounded_memory_before_authentication_ends() {
     let _s = serial();
-    let port = fake_backend(Fake::StopReading);
-    let proxy = Proxy::start(port, &[]);
-    let before = proxy.rss_kib();
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    let scramble = read_greeting(&mut s);
-    s.write_all(&handshake_response(&scramble, USER, PASS))
-        .unwrap();
+    let (proxy, mut s, before) = client_of_fake(Fake::StopReading);
     let junk = command(COM_QUERY, &vec![b'x'; 1 << 20]);
     let mut sent = 0usize;
     s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -286,13 +264,7 @@ fn item8_no_unbounded_memory_before_authentication_ends() {
 #[test]
 fn item8_a_backend_flooding_a_client_that_does_not_read_is_paused() {
     let _s = serial();
-    let port = fake_backend(Fake::FloodAuth);
-    let proxy = Proxy::start(port, &[]);
-    let before = proxy.rss_kib();
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    let scramble = read_greeting(&mut s);
-    s.write_all(&handshake_response(&scramble, USER, PASS))
-        .unwrap();
+    let (proxy, s, before) = client_of_fake(Fake::FloodAuth);
     // The client reads nothing more while the backend floods for 4 s.
     thread::sleep(Duration::from_secs(5));
     let grown = proxy.rss_kib().saturating_sub(before);
@@ -339,15 +311,7 @@ fn item8_memory_limit_refuses_new_clients_until_memory_is_back() {
     assert_eq!(refused.code, ER_CON_COUNT_ERROR);
     assert!(refused.message.contains("memory"), "{}", refused.message);
     drop(slow);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut c = RawConn::connect(proxy.port).unwrap();
-        match c.read_greeting() {
-            Ok(_) => break,
-            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(200)),
-            Err(e) => panic!("still refused after the slow clients left: {e}"),
-        }
-    }
+    wait_until_admitted(proxy.port, "after the slow clients left");
     assert_serves(proxy.port, "after memory came back");
 }
 
@@ -374,16 +338,16 @@ fn item9_ended_sessions_release_their_sockets_at_the_linger_deadline() {
     let mut stuck = Vec::new();
     for _ in 0..10 {
         let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-        let scramble = read_greeting(&mut s);
-        s.write_all(&handshake_response(&scramble, USER, PASS))
-            .unwrap();
-        let (_, ok) = read_packet(&mut s).unwrap();
+        let g = raw::read_greeting_from(&mut s);
+        s.write_all(&handshake_response(&g, USER, PASS)).unwrap();
+        let (_, ok) = raw::read_packet_from(&mut s).unwrap();
         assert_eq!(ok[0], 0, "fake login");
         s.write_all(&command(COM_QUERY, b"SELECT big")).unwrap();
         stuck.push(s);
     }
+    // The sessions end after this (the backends answer and close once the queries arrived).
+    let asked = Instant::now();
     thread::sleep(Duration::from_millis(600));
-    let ended = Instant::now();
     // Still counted: the next client is refused while they linger.
     let mut c = RawConn::connect(proxy.port).unwrap();
     match c.read_greeting() {
@@ -395,18 +359,10 @@ fn item9_ended_sessions_release_their_sockets_at_the_linger_deadline() {
         Err(e) => panic!("{e}"),
     }
     // After the deadline the slots are free again, and the stuck sockets are closed.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut c = RawConn::connect(proxy.port).unwrap();
-        match c.read_greeting() {
-            Ok(_) => break,
-            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
-            Err(e) => panic!("slots never came back: {e}"),
-        }
-    }
+    wait_until_admitted(proxy.port, "after the linger deadline");
     assert!(
-        ended.elapsed() >= Duration::from_millis(1000),
-        "freed before the deadline"
+        asked.elapsed() >= Duration::from_millis(1400),
+        "freed before the linger deadline"
     );
     for mut s in stuck {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -576,4 +532,83 @@ fn item12_logs_are_quiet_and_clients_see_no_backend_address() {
         log.contains(&format!("127.0.0.1:{dead}")),
         "the log names the backend:\n{log}"
     );
+}
+
+/// Item 7: no client behaviour can get the proxy's address blocked at the backend. The server
+/// counts handshakes left unfinished against the connecting host (max_connect_errors) and
+/// blocks it for everybody past the limit; the proxy, connecting from 127.0.0.2 here, must
+/// leave none unfinished whatever its clients do before their login ends.
+#[test]
+fn item7_clients_leaving_mid_handshake_cannot_get_the_proxy_blocked() {
+    let db = MariaDb::start_with(&["--skip-name-resolve=OFF", "--max-connect-errors=10"]);
+    let from2 = [127, 0, 0, 2];
+    // The setup can block a host: 10 abandoned handshakes from 127.0.0.2 do.
+    for _ in 0..10 {
+        raw_from(db.port, from2).unwrap();
+    }
+    let blocked = raw_from(db.port, from2);
+    assert!(
+        blocked.is_err(),
+        "10 abandoned handshakes did not block 127.0.0.2"
+    );
+    db.root_sql("FLUSH HOSTS");
+
+    let args = [
+        "--backend-source",
+        "127.0.0.2",
+        "--prewarm-max-age-ms",
+        "300",
+        "--handshake-timeout-ms",
+        "700",
+    ];
+    let proxy = Proxy::start(db.port, &args);
+    let mut silent = Vec::new();
+    for i in 0..150 {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        if i % 6 == 0 {
+            continue; // leaves before the greeting
+        }
+        let g = raw::read_greeting_from(&mut s);
+        match i % 6 {
+            1 => {} // reads the greeting and leaves
+            2 => {
+                // Asks for TLS: refused.
+                let mut ssl = (CLIENT_PROTOCOL_41 | CLIENT_SSL).to_le_bytes().to_vec();
+                ssl.extend_from_slice(&[0; 28]);
+                let mut pkt = Vec::new();
+                write_packet(&mut pkt, 1, &ssl);
+                s.write_all(&pkt).unwrap();
+                let _ = raw::read_packet_from(&mut s);
+            }
+            3 => {
+                // Half a handshake response, then gone.
+                let resp = handshake_response(&g, USER, PASS);
+                s.write_all(&resp[..resp.len() / 2]).unwrap();
+            }
+            4 => {
+                // A wrong password.
+                s.write_all(&handshake_response(&g, USER, "wrong")).unwrap();
+                let _ = raw::read_packet_from(&mut s);
+            }
+            _ if i % 24 == 5 => silent.push(s), // silent until the handshake timeout
+            _ => {}
+        }
+    }
+    thread::sleep(Duration::from_millis(1500));
+    drop(silent);
+    thread::sleep(Duration::from_millis(500));
+    // The proxy left the server no error: 9 abandoned handshakes of our own stay under the
+    // limit of 10, so a login from 127.0.0.2 still works (one more error would block it).
+    for _ in 0..9 {
+        raw_from(db.port, from2).unwrap();
+    }
+    let opts = mysql::OptsBuilder::from_opts(db.opts(db.port, USER, PASS))
+        .bind_address(Some(std::net::SocketAddr::from((from2, 0))));
+    let login = mysql::Conn::new(opts);
+    assert!(
+        login.is_ok(),
+        "the proxy's handshakes counted against 127.0.0.2: {:?}",
+        login.err()
+    );
+    assert_serves(proxy.port, "after the storm of abandoned logins");
 }

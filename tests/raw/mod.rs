@@ -1,10 +1,12 @@
 //! A minimal blocking raw-socket MySQL client for integration tests that need to misbehave on the wire.
 //!
-//! It owns only what the fault tests need: framing (read/write one packet, with 16 MiB continuation
-//! on read), the protocol-41 handshake with a `mysql_native_password` login, `COM_QUERY` with a
-//! resultset reader that counts rows without keeping them, ERR packet parsing, and an optional read
+//! It owns only what the fault tests need: the socket side of framing (read/write one packet, with
+//! 16 MiB continuation on read), the protocol-41 handshake with a `mysql_native_password` login,
+//! `COM_QUERY` with a resultset reader that counts rows without keeping them, and an optional read
 //! throttle that makes the client a deliberately slow reader. Every socket operation has a timeout so
-//! a test can fail but never hang.
+//! a test can fail but never hang. The codec itself (packet headers and splitting, greeting,
+//! handshake response, auth switch, OK/ERR/EOF packets, length-encoded integers, the native
+//! password scramble) is the library's, `ringproxy::protocol`.
 #![allow(dead_code)] // each test binary that includes this module uses a different subset
 
 use std::fmt;
@@ -13,28 +15,98 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use sha1::{Digest, Sha1};
+use ringproxy::protocol::auth::native_password_scramble;
+use ringproxy::protocol::constants::{
+    CLIENT_CONNECT_WITH_DB, CLIENT_LONG_FLAG, CLIENT_LONG_PASSWORD, CLIENT_MULTI_RESULTS,
+    CLIENT_PLUGIN_AUTH, CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION, CLIENT_TRANSACTIONS,
+    EOF_HEADER, ERR_HEADER, HEADER_LEN, LOCAL_INFILE_HEADER, MAX_PAYLOAD_LEN, OK_HEADER,
+    SERVER_MORE_RESULTS_EXISTS,
+};
+use ringproxy::protocol::cursor::Cursor;
+use ringproxy::protocol::framing::{parse_header, write_packet};
+use ringproxy::protocol::handshake::{
+    encode_handshake_response41, parse_auth_switch_request, parse_handshake_v10,
+    HandshakeResponse41,
+};
+use ringproxy::protocol::packets::{is_eof_packet, parse_eof, parse_ok};
+
+/// The native-password answer to greeting `g` for `password`.
+fn auth_for(g: &Greeting, password: &str) -> Vec<u8> {
+    native_password_scramble(password.as_bytes(), &g.scramble)
+}
+
+/// The HandshakeResponse41 this client sends to greeting `g`: protocol 4.1, native password,
+/// the capabilities both sides have, plus `extra_caps` (e.g. CLIENT_COMPRESS) as given.
+fn response_fields<'a>(
+    g: &Greeting,
+    user: &'a str,
+    auth: &'a [u8],
+    db: Option<&'a str>,
+    extra_caps: u32,
+) -> HandshakeResponse41<'a> {
+    let mut caps = CLIENT_LONG_PASSWORD
+        | CLIENT_LONG_FLAG
+        | CLIENT_PROTOCOL_41
+        | CLIENT_TRANSACTIONS
+        | CLIENT_SECURE_CONNECTION
+        | CLIENT_MULTI_RESULTS
+        | CLIENT_PLUGIN_AUTH;
+    if db.is_some() {
+        caps |= CLIENT_CONNECT_WITH_DB;
+    }
+    caps &= g.capabilities | CLIENT_LONG_PASSWORD;
+    HandshakeResponse41 {
+        capabilities: caps | extra_caps,
+        max_packet_size: 16 << 20,
+        charset: 33, // utf8_general_ci
+        mariadb_ext_capabilities: 0,
+        username: user.as_bytes(),
+        auth_response: auth,
+        database: db.map(str::as_bytes),
+        auth_plugin_name: Some(b"mysql_native_password"),
+        connect_attrs: None,
+    }
+}
+
+/// A whole HandshakeResponse41 packet (sequence id 1) answering greeting `g`, for tests that
+/// write it themselves (pipelined behind, cut short, with extra capabilities).
+pub fn handshake_response(
+    g: &Greeting,
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+    extra_caps: u32,
+) -> Vec<u8> {
+    let auth = auth_for(g, password);
+    let mut p = Vec::with_capacity(128);
+    encode_handshake_response41(&response_fields(g, user, &auth, db, extra_caps), &mut p);
+    let mut out = Vec::with_capacity(p.len() + HEADER_LEN);
+    write_packet(&mut out, 1, &p);
+    out
+}
+
+/// Reads one physical packet from a plain stream: (sequence id, payload).
+pub fn read_packet_from(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
+    let mut hdr = [0u8; HEADER_LEN];
+    s.read_exact(&mut hdr)?;
+    let h = parse_header(hdr);
+    let mut p = vec![0; h.len as usize];
+    s.read_exact(&mut p)?;
+    Ok((h.seq, p))
+}
+
+/// Reads the greeting from a plain stream (10 s at most).
+pub fn read_greeting_from(s: &mut TcpStream) -> Greeting {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (_, p) = read_packet_from(s).expect("a greeting packet");
+    parse_greeting(&p).expect("a greeting")
+}
+
+/// Command bytes the tests send by hand.
+pub use ringproxy::protocol::constants::{COM_QUERY, COM_QUIT};
 
 /// Default read/write timeout for every socket operation.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
-
-const MAX_PAYLOAD: usize = 0xff_ffff;
-
-const CLIENT_LONG_PASSWORD: u32 = 0x1;
-const CLIENT_LONG_FLAG: u32 = 0x4;
-const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
-const CLIENT_PROTOCOL_41: u32 = 0x200;
-const CLIENT_TRANSACTIONS: u32 = 0x2000;
-const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
-const CLIENT_MULTI_RESULTS: u32 = 0x2_0000;
-const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
-
-const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
-
-/// `COM_QUERY` command byte.
-pub const COM_QUERY: u8 = 0x03;
-/// `COM_QUIT` command byte.
-pub const COM_QUIT: u8 = 0x01;
 
 /// An ERR packet as the peer sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,81 +196,38 @@ pub struct Greeting {
 
 /// Parses an ERR packet payload (first byte 0xff); `None` if it is not one.
 pub fn parse_err(payload: &[u8]) -> Option<ServerError> {
-    if payload.len() < 3 || payload[0] != 0xff {
-        return None;
-    }
-    let code = u16::from_le_bytes([payload[1], payload[2]]);
-    let mut rest = &payload[3..];
-    let mut sql_state = None;
-    if rest.len() >= 6 && rest[0] == b'#' {
-        sql_state = Some(String::from_utf8_lossy(&rest[1..6]).into_owned());
-        rest = &rest[6..];
-    }
+    let e = ringproxy::protocol::packets::parse_err(payload, CLIENT_PROTOCOL_41).ok()?;
     Some(ServerError {
-        code,
-        sql_state,
-        message: String::from_utf8_lossy(rest).into_owned(),
+        code: e.code,
+        sql_state: e
+            .sql_state
+            .map(|s| String::from_utf8_lossy(&s).into_owned()),
+        message: String::from_utf8_lossy(e.message).into_owned(),
     })
 }
 
-/// `mysql_native_password`: SHA1(pw) XOR SHA1(scramble ++ SHA1(SHA1(pw))); empty for an empty password.
-pub fn native_password_scramble(password: &[u8], scramble: &[u8]) -> Vec<u8> {
-    if password.is_empty() {
-        return Vec::new();
-    }
-    let stage1 = Sha1::digest(password);
-    let stage2 = Sha1::digest(stage1);
-    let mut h = Sha1::new();
-    h.update(scramble);
-    h.update(stage2);
-    let mix = h.finalize();
-    stage1.iter().zip(mix.iter()).map(|(a, b)| a ^ b).collect()
+/// The column count that starts a resultset.
+fn column_count(payload: &[u8]) -> Option<u64> {
+    Cursor::new(payload).lenenc_int().ok()
 }
 
-/// Reads a length-encoded integer at `*pos`, advancing it.
-fn lenenc(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let first = *buf.get(*pos)?;
-    let (len, val) = match first {
-        0..=0xfa => (1, u64::from(first)),
-        0xfc => (3, 0),
-        0xfd => (4, 0),
-        0xfe => (9, 0),
-        _ => return None,
-    };
-    if len == 1 {
-        *pos += 1;
-        return Some(val);
-    }
-    let bytes = buf.get(*pos + 1..*pos + len)?;
-    let mut v = 0u64;
-    for (i, b) in bytes.iter().enumerate() {
-        v |= u64::from(*b) << (8 * i);
-    }
-    *pos += len;
-    Some(v)
-}
-
-/// Status flags of an OK packet (after affected rows and last insert id), if present.
+/// Status flags of an OK packet, if it parses.
 fn ok_status(payload: &[u8]) -> Option<u16> {
-    let mut pos = 1;
-    lenenc(payload, &mut pos)?;
-    lenenc(payload, &mut pos)?;
-    let b = payload.get(pos..pos + 2)?;
-    Some(u16::from_le_bytes([b[0], b[1]]))
+    parse_ok(payload, CLIENT_PROTOCOL_41)
+        .ok()
+        .map(|ok| ok.status)
 }
 
 /// True for a classic EOF packet (0xfe, shorter than 9 bytes).
 fn is_eof(payload: &[u8]) -> bool {
-    payload.first() == Some(&0xfe) && payload.len() < 9
+    payload
+        .first()
+        .is_some_and(|&b| is_eof_packet(payload.len() as u32, b))
 }
 
-/// Status flags of an EOF packet.
+/// Status flags of an EOF packet (0 for the short forms).
 fn eof_status(payload: &[u8]) -> u16 {
-    if payload.len() >= 5 {
-        u16::from_le_bytes([payload[3], payload[4]])
-    } else {
-        0
-    }
+    parse_eof(payload).map_or(0, |eof| eof.status)
 }
 
 /// Totals of a whole `COM_QUERY` response (all result sets of it).
@@ -299,17 +328,16 @@ impl RawConn {
         let mut payload = Vec::new();
         let mut first_seq = None;
         loop {
-            let mut header = [0u8; 4];
+            let mut header = [0u8; HEADER_LEN];
             self.fill(&mut header)?;
-            let len =
-                usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
-            let seq = header[3];
+            let h = parse_header(header);
+            let (len, seq) = (h.len as usize, h.seq);
             first_seq.get_or_insert(seq);
             self.seq = seq.wrapping_add(1);
             let start = payload.len();
             payload.resize(start + len, 0);
             self.fill(&mut payload[start..])?;
-            if len < MAX_PAYLOAD {
+            if len < MAX_PAYLOAD_LEN {
                 break;
             }
         }
@@ -319,20 +347,7 @@ impl RawConn {
     /// Writes one logical packet with sequence id `seq` (splitting at 16 MiB).
     pub fn write_packet(&mut self, seq: u8, payload: &[u8]) -> io::Result<()> {
         let mut out = Vec::with_capacity(payload.len() + 8);
-        let mut seq = seq;
-        let mut rest = payload;
-        loop {
-            let n = rest.len().min(MAX_PAYLOAD);
-            out.extend_from_slice(&(n as u32).to_le_bytes()[..3]);
-            out.push(seq);
-            out.extend_from_slice(&rest[..n]);
-            seq = seq.wrapping_add(1);
-            rest = &rest[n..];
-            if n < MAX_PAYLOAD {
-                break;
-            }
-        }
-        self.seq = seq;
+        self.seq = write_packet(&mut out, seq, payload);
         self.write_raw(&out)
     }
 
@@ -355,61 +370,34 @@ impl RawConn {
             .greeting
             .clone()
             .ok_or_else(|| RawError::Protocol("authenticate before greeting".into()))?;
-        let mut caps = CLIENT_LONG_PASSWORD
-            | CLIENT_LONG_FLAG
-            | CLIENT_PROTOCOL_41
-            | CLIENT_TRANSACTIONS
-            | CLIENT_SECURE_CONNECTION
-            | CLIENT_MULTI_RESULTS
-            | CLIENT_PLUGIN_AUTH;
-        if db.is_some() {
-            caps |= CLIENT_CONNECT_WITH_DB;
-        }
-        caps &= g.capabilities | CLIENT_LONG_PASSWORD;
-        let auth = native_password_scramble(password.as_bytes(), &g.scramble);
         let mut p = Vec::with_capacity(128);
-        p.extend_from_slice(&caps.to_le_bytes());
-        p.extend_from_slice(&(16u32 << 20).to_le_bytes());
-        p.push(33); // utf8_general_ci
-        p.extend_from_slice(&[0u8; 23]);
-        p.extend_from_slice(user.as_bytes());
-        p.push(0);
-        p.push(auth.len() as u8);
-        p.extend_from_slice(&auth);
-        if let Some(db) = db {
-            p.extend_from_slice(db.as_bytes());
-            p.push(0);
-        }
-        if caps & CLIENT_PLUGIN_AUTH != 0 {
-            p.extend_from_slice(b"mysql_native_password\0");
-        }
+        encode_handshake_response41(
+            &response_fields(&g, user, &auth_for(&g, password), db, 0),
+            &mut p,
+        );
         let seq = self.seq;
         self.write_packet(seq, &p)?;
         loop {
             let (_, r) = self.read_packet()?;
             match r.first() {
-                Some(0x00) => return Ok(()),
-                Some(0xff) => {
+                Some(&OK_HEADER) => return Ok(()),
+                Some(&ERR_HEADER) => {
                     return Err(RawError::Server(parse_err(&r).unwrap_or(ServerError {
                         code: 0,
                         sql_state: None,
                         message: "short ERR".into(),
                     })))
                 }
-                Some(0xfe) => {
-                    let body = &r[1..];
-                    let nul = body.iter().position(|&b| b == 0).unwrap_or(body.len());
-                    let plugin = String::from_utf8_lossy(&body[..nul]).into_owned();
-                    if plugin != "mysql_native_password" {
+                Some(&EOF_HEADER) => {
+                    let switch = parse_auth_switch_request(&r)
+                        .map_err(|e| RawError::Protocol(format!("bad auth switch: {e}")))?;
+                    if switch.plugin_name != b"mysql_native_password" {
                         return Err(RawError::Protocol(format!(
-                            "auth switch to unsupported plugin {plugin}"
+                            "auth switch to unsupported plugin {}",
+                            String::from_utf8_lossy(switch.plugin_name)
                         )));
                     }
-                    let mut data = body.get(nul + 1..).unwrap_or(&[]).to_vec();
-                    if data.last() == Some(&0) {
-                        data.pop();
-                    }
-                    let resp = native_password_scramble(password.as_bytes(), &data);
+                    let resp = native_password_scramble(password.as_bytes(), switch.plugin_data);
                     let seq = self.seq;
                     self.write_packet(seq, &resp)?;
                 }
@@ -437,18 +425,17 @@ impl RawConn {
     fn start_result(&mut self) -> Result<(Option<u64>, u16)> {
         let (_, p) = self.read_packet()?;
         match p.first() {
-            Some(0x00) => Ok((None, ok_status(&p).unwrap_or(0))),
-            Some(0xff) => Err(RawError::Server(parse_err(&p).unwrap_or(ServerError {
+            Some(&OK_HEADER) => Ok((None, ok_status(&p).unwrap_or(0))),
+            Some(&ERR_HEADER) => Err(RawError::Server(parse_err(&p).unwrap_or(ServerError {
                 code: 0,
                 sql_state: None,
                 message: "short ERR".into(),
             }))),
-            Some(0xfb) => Err(RawError::Protocol(
+            Some(&LOCAL_INFILE_HEADER) => Err(RawError::Protocol(
                 "LOCAL INFILE request not supported by the raw client".into(),
             )),
             Some(_) => {
-                let mut pos = 0;
-                let columns = lenenc(&p, &mut pos)
+                let columns = column_count(&p)
                     .ok_or_else(|| RawError::Protocol("bad column count".into()))?;
                 for _ in 0..columns {
                     self.read_packet()?;
@@ -514,10 +501,9 @@ impl RawConn {
                 return Err(RawError::Server(e));
             }
             if out.rows == 0 && out.first_value.is_none() {
-                let mut pos = 0;
-                if let Some(n) = lenenc(&p, &mut pos) {
-                    let end = (pos + n as usize).min(p.len());
-                    out.first_value = Some(String::from_utf8_lossy(&p[pos..end]).into_owned());
+                // A text-protocol row: length-encoded strings, 0xfb for NULL (left as None).
+                if let Ok(value) = Cursor::new(&p).lenenc_bytes() {
+                    out.first_value = Some(String::from_utf8_lossy(value).into_owned());
                 }
             }
             out.rows += 1;
@@ -580,49 +566,16 @@ impl RawConn {
 
 /// Parses a protocol-10 greeting payload.
 pub fn parse_greeting(p: &[u8]) -> Option<Greeting> {
-    let protocol_version = *p.first()?;
-    if protocol_version != 10 {
-        return None;
-    }
-    let mut pos = 1;
-    let nul = p[pos..].iter().position(|&b| b == 0)?;
-    let server_version = String::from_utf8_lossy(&p[pos..pos + nul]).into_owned();
-    pos += nul + 1;
-    let id = p.get(pos..pos + 4)?;
-    let connection_id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
-    pos += 4;
-    let mut scramble = p.get(pos..pos + 8)?.to_vec();
-    pos += 9; // 8 bytes of scramble + filler
-    let lo = p.get(pos..pos + 2)?;
-    let mut capabilities = u32::from(u16::from_le_bytes([lo[0], lo[1]]));
-    pos += 2;
-    let mut auth_plugin = String::new();
-    if p.len() > pos {
-        pos += 3; // charset, status flags
-        let hi = p.get(pos..pos + 2)?;
-        capabilities |= u32::from(u16::from_le_bytes([hi[0], hi[1]])) << 16;
-        pos += 2;
-        let auth_len = usize::from(*p.get(pos)?);
-        pos += 1 + 10; // length byte + reserved
-        if capabilities & CLIENT_SECURE_CONNECTION != 0 {
-            let part2 = auth_len.saturating_sub(8).max(13);
-            let bytes = p.get(pos..(pos + part2).min(p.len()))?;
-            // The last byte of part 2 is a terminating NUL, not scramble.
-            scramble.extend_from_slice(&bytes[..bytes.len().min(part2 - 1)]);
-            pos += part2;
-        }
-        if capabilities & CLIENT_PLUGIN_AUTH != 0 && pos < p.len() {
-            let rest = &p[pos..];
-            let nul = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-            auth_plugin = String::from_utf8_lossy(&rest[..nul]).into_owned();
-        }
-    }
+    let h = parse_handshake_v10(p).ok()?;
     Some(Greeting {
-        protocol_version,
-        server_version,
-        connection_id,
-        capabilities,
-        scramble,
-        auth_plugin,
+        protocol_version: h.protocol_version,
+        server_version: String::from_utf8_lossy(h.server_version).into_owned(),
+        connection_id: h.connection_id,
+        capabilities: h.capabilities,
+        scramble: h.scramble(),
+        auth_plugin: h
+            .auth_plugin_name
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .unwrap_or_default(),
     })
 }
