@@ -13,10 +13,12 @@
 //! - [`server`]: starts the workers for a configuration and handles SIGINT/SIGTERM.
 //!
 //! The life of a query: a multishot recv fills a provided buffer with the client's bytes; the
-//! session splits them into packets with [`protocol::framing::PacketStream`] (no copy), lets the
-//! [`protocol::scanner::ResponseTracker`] see each command, and queues the very same buffer on the
-//! backend socket; the backend's reply comes back the same way, the tracker finds where the
-//! response ends, and the bytes leave to the client as one vectored send per loop turn.
+//! worker hands them to the [`session::Proxy`] service, whose client connection machine splits
+//! them into packets with [`protocol::framing::PacketStream`] (no copy) and has the backend
+//! connection's [`protocol::scanner::ResponseTracker`] register each command; the service queues
+//! the very same buffer on the backend socket; the backend's reply comes back the same way, the
+//! tracker finds where the response ends, and the bytes leave to the client as one vectored send
+//! per loop turn.
 
 pub mod alloc_count;
 pub mod config;

@@ -328,3 +328,26 @@ fn refused_connection_exits_1() {
     assert_eq!(r.json()["errors"]["connect"], 2);
     assert!(r.stderr.contains("refused"), "{}", r.stderr);
 }
+
+/// The library's login answers MariaDB's ed25519 auth switch (client_ed25519): loadgen logs in
+/// as an ed25519 account.
+#[test]
+fn ed25519_accounts_log_in() {
+    let db = MariaDb::shared();
+    assert!(db.has_ed25519, "Debian's MariaDB ships the ed25519 plugin");
+    let target = db.target();
+    let mut args = base(&target, "qps");
+    args.extend([
+        "--connections",
+        "3",
+        "--duration",
+        "1",
+        "--user",
+        common::ED_USER,
+        "--password",
+        common::ED_PASS,
+    ]);
+    let r = loadgen(&args);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert_clean(&r.json(), 3);
+}

@@ -1,15 +1,20 @@
 //! Authentication plugins, client side: the answers to a server's challenge for
-//! `mysql_native_password` and the fast path of `caching_sha2_password`, and the server-side
-//! check of a native answer against a stored hash. Pure functions: no I/O, no state.
+//! `mysql_native_password`, the fast path of `caching_sha2_password` and MariaDB's
+//! `client_ed25519`; and the server-side check of a native answer against a stored hash. Pure
+//! functions: no I/O, no state.
 
+use ed25519_dalek::hazmat::{raw_sign, ExpandedSecretKey};
+use ed25519_dalek::VerifyingKey;
 use sha1::Sha1;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 /// The authentication plugins a client side (loadgen, the proxy logging in to backends) answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plugin {
     Native,
     CachingSha2,
+    /// MariaDB's ed25519 (server plugin `ed25519`, client plugin `client_ed25519`).
+    Ed25519,
 }
 
 impl Plugin {
@@ -18,6 +23,7 @@ impl Plugin {
         match name {
             b"mysql_native_password" => Some(Plugin::Native),
             b"caching_sha2_password" => Some(Plugin::CachingSha2),
+            b"client_ed25519" => Some(Plugin::Ed25519),
             _ => None,
         }
     }
@@ -26,6 +32,7 @@ impl Plugin {
         match self {
             Plugin::Native => b"mysql_native_password",
             Plugin::CachingSha2 => b"caching_sha2_password",
+            Plugin::Ed25519 => b"client_ed25519",
         }
     }
 
@@ -34,6 +41,7 @@ impl Plugin {
         match self {
             Plugin::Native => native_password_scramble(password, nonce),
             Plugin::CachingSha2 => caching_sha2_scramble(password, nonce),
+            Plugin::Ed25519 => ed25519_signature(password, nonce),
         }
     }
 }
@@ -69,6 +77,25 @@ pub fn native_password_matches(stored: &[u8], nonce: &[u8], answer: &[u8]) -> bo
     let mask = h.finalize();
     let stage1: Vec<u8> = answer.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect();
     Sha1::digest(&stage1).as_slice() == stored
+}
+
+/// MariaDB's client_ed25519 answer: the Ed25519 signature of the server's 32-byte nonce with
+/// the key whose expanded secret is `SHA512(password)` (the standard derivation, with the
+/// password as the seed; the server stores the matching public key).
+pub fn ed25519_signature(password: &[u8], nonce: &[u8]) -> Vec<u8> {
+    let expanded: [u8; 64] = Sha512::digest(password).into();
+    let secret = ExpandedSecretKey::from_bytes(&expanded);
+    let public = VerifyingKey::from(&secret);
+    raw_sign::<Sha512>(&secret, nonce, &public)
+        .to_bytes()
+        .to_vec()
+}
+
+/// The public key MariaDB stores for an ed25519 account (`PASSWORD()` of the ed25519 plugin is
+/// its base64 without padding).
+pub fn ed25519_public_key(password: &[u8]) -> [u8; 32] {
+    let expanded: [u8; 64] = Sha512::digest(password).into();
+    VerifyingKey::from(&ExpandedSecretKey::from_bytes(&expanded)).to_bytes()
 }
 
 /// A 20-byte challenge (scramble) for a greeting: printable ASCII without NUL, as MySQL makes
@@ -159,9 +186,22 @@ mod tests {
 
     #[test]
     fn plugin_names_round_trip() {
-        for p in [Plugin::Native, Plugin::CachingSha2] {
+        for p in [Plugin::Native, Plugin::CachingSha2, Plugin::Ed25519] {
             assert_eq!(Plugin::from_name(p.name()), Some(p));
         }
-        assert_eq!(Plugin::from_name(b"client_ed25519"), None);
+        assert_eq!(Plugin::from_name(b"dialog"), None);
+    }
+
+    #[test]
+    fn ed25519_signature_verifies_with_the_stored_public_key() {
+        use ed25519_dalek::{Signature, Verifier};
+        let nonce = [7u8; 32];
+        let sig = ed25519_signature(b"secret", &nonce);
+        assert_eq!(sig.len(), 64);
+        let key = VerifyingKey::from_bytes(&ed25519_public_key(b"secret")).unwrap();
+        let sig = Signature::from_slice(&sig).unwrap();
+        assert!(key.verify(&nonce, &sig).is_ok());
+        let other = VerifyingKey::from_bytes(&ed25519_public_key(b"Secret")).unwrap();
+        assert!(other.verify(&nonce, &sig).is_err());
     }
 }

@@ -179,6 +179,9 @@ pub struct SimNet {
     pub completions: u64,
     /// Operations submitted so far.
     submitted: u64,
+    /// Sends submitted, and those of them with MSG_MORE.
+    pub sends: u64,
+    pub sends_with_more: u64,
 }
 
 /// The test's handle on the simulation (shared with the driver the worker owns).
@@ -209,6 +212,8 @@ impl SimHandle {
             next_port: 40000,
             completions: 0,
             submitted: 0,
+            sends: 0,
+            sends_with_more: 0,
         })))
     }
 
@@ -288,9 +293,13 @@ impl SimNet {
         let mut chain: VecDeque<InFlight> = VecDeque::new();
         for (op, user_data, link) in std::mem::take(&mut self.queued) {
             let data = match op {
-                // SAFETY: the worker keeps the msghdr, its iovecs and the memory they point to
-                // valid until this submission (msghdr) and the completion (the bytes).
-                Op::SendMsg { msg, .. } => unsafe { gather(msg) },
+                Op::SendMsg { msg, flags, .. } => {
+                    self.sends += 1;
+                    self.sends_with_more += u64::from(flags & libc::MSG_MORE != 0);
+                    // SAFETY: the worker keeps the msghdr, its iovecs and the memory they point
+                    // to valid until this submission (msghdr) and the completion (the bytes).
+                    unsafe { gather(msg) }
+                }
                 _ => Vec::new(),
             };
             let hang =
@@ -763,7 +772,12 @@ impl Driver for SimDriver {
     }
 
     fn push(&mut self, op: Op, user_data: u64, link: Link) {
-        self.0.borrow_mut().queued.push((op, user_data, link));
+        let mut net = self.0.borrow_mut();
+        assert!(
+            net.queued.len() < SQ_ENTRIES,
+            "submission queue overflow at {op:?}: the worker must make room first"
+        );
+        net.queued.push((op, user_data, link));
     }
 
     fn submit(&mut self) -> io::Result<()> {

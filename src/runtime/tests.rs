@@ -365,3 +365,217 @@ fn inbox_messages_wake_the_worker() {
     run_until(&mut w, 100, |w| w.service.messages.len() == 2);
     assert_eq!(w.service.messages, vec![11, 12]);
 }
+
+/// Queues `chunks` owned pieces of `size` bytes for every piece of data it gets; with
+/// `close_after`, closes the socket that long after (a timer), whatever is in flight.
+struct Burst {
+    chunks: usize,
+    size: usize,
+    close_after: Option<Duration>,
+    sock: Option<SockId>,
+    released: usize,
+}
+
+impl Service for Burst {
+    type Msg = ();
+
+    fn on_accept(&mut self, io: &mut Io, _l: usize, sock: SockId, _p: Option<SocketAddr>) {
+        io.set_owner(sock, 1);
+        self.sock = Some(sock);
+    }
+
+    fn on_connect(&mut self, _io: &mut Io, _s: SockId, _o: u64, _r: std::io::Result<()>) {}
+
+    fn on_data(&mut self, io: &mut Io, sock: SockId, _o: u64, _d: &[u8], _b: BufRef) {
+        for _ in 0..self.chunks {
+            io.send_owned(sock, vec![b'b'; self.size]);
+        }
+        if let Some(after) = self.close_after {
+            io.set_timer(io.now() + after, 9);
+        }
+    }
+
+    fn on_eof(&mut self, io: &mut Io, sock: SockId, _o: u64, _e: Option<std::io::Error>) {
+        io.close(sock);
+    }
+
+    fn on_timer(&mut self, io: &mut Io, _token: u64) {
+        if let Some(s) = self.sock {
+            io.close(s);
+        }
+    }
+
+    fn on_released(&mut self, _io: &mut Io, _s: SockId, _o: u64) {
+        self.released += 1;
+    }
+
+    fn is_drained(&self) -> bool {
+        true
+    }
+}
+
+/// Sends one byte, then reads `window` bytes at most.
+struct Poke {
+    sent: bool,
+    window: usize,
+    got: usize,
+}
+
+impl SimPeer for Poke {
+    fn on_bytes(&mut self, data: &[u8]) {
+        self.got += data.len();
+    }
+    fn poll(&mut self, _now: Instant, out: &mut Vec<u8>) -> PeerAction {
+        if !self.sent {
+            self.sent = true;
+            out.push(1);
+        }
+        PeerAction::Continue
+    }
+    fn on_closed(&mut self) {}
+    fn window(&self) -> usize {
+        self.window.saturating_sub(self.got)
+    }
+}
+
+fn burst_worker(sim: &SimHandle, burst: Burst) -> Worker<Burst> {
+    let cfg = WorkerConfig::basic(0, 64);
+    let listen = [LISTEN.parse().unwrap()];
+    Worker::with_driver(&cfg, sim.driver(), &listen, Parts::new(burst)).unwrap()
+}
+
+/// Item 6: MSG_MORE only when a socket's queue does not fit one send (64 pieces), never
+/// otherwise: 100 pieces go as one send with MSG_MORE and one without; 10 as one without.
+#[test]
+fn item6_msg_more_only_when_the_queue_does_not_fit_one_send() {
+    for (chunks, sends, with_more) in [(10, 1, 0), (100, 2, 1)] {
+        let sim = SimHandle::new(11, Faults::none(), 64);
+        let burst = Burst {
+            chunks,
+            size: 100,
+            close_after: None,
+            sock: None,
+            released: 0,
+        };
+        let mut w = burst_worker(&sim, burst);
+        sim.connect_client(
+            0,
+            Box::new(Poke {
+                sent: false,
+                window: usize::MAX,
+                got: 0,
+            }),
+        );
+        for _ in 0..200 {
+            w.turn().unwrap();
+        }
+        let net = sim.0.borrow();
+        assert_eq!(
+            (net.sends, net.sends_with_more),
+            (sends, with_more),
+            "{chunks} pieces"
+        );
+    }
+}
+
+/// Item 10: closing a socket while a send is in flight keeps the memory that send reads until
+/// its completion; then it is all given back.
+#[test]
+fn item10_send_memory_stays_alive_until_its_send_completes() {
+    let sim = SimHandle::new(12, Faults::none(), 64);
+    let burst = Burst {
+        chunks: 8,
+        size: 4096,
+        close_after: Some(Duration::from_millis(100)),
+        sock: None,
+        released: 0,
+    };
+    let mut w = burst_worker(&sim, burst);
+    // The peer takes 1000 bytes and then nothing: the send stays in flight.
+    sim.connect_client(
+        0,
+        Box::new(Poke {
+            sent: false,
+            window: 1000,
+            got: 0,
+        }),
+    );
+    let mut held_while_closing = false;
+    for _ in 0..2000 {
+        w.turn().unwrap();
+        w.io.invariants(&[]).unwrap();
+        let closing =
+            w.io.socks
+                .iter()
+                .any(|(_, s)| s.state == super::socks::SockState::Closing);
+        if closing && w.io.memory_used() > 0 {
+            held_while_closing = true;
+        }
+        if w.service.released == 1 {
+            break;
+        }
+    }
+    assert!(
+        held_while_closing,
+        "the in-flight chunks were freed at the close"
+    );
+    assert_eq!(w.service.released, 1);
+    assert_eq!(w.io.memory_used(), 0, "given back at the send's completion");
+}
+
+/// A service that opens `n` connections at start.
+struct Dialer(usize, usize);
+
+impl Service for Dialer {
+    type Msg = ();
+
+    fn on_start(&mut self, io: &mut Io) {
+        for i in 0..self.0 {
+            let src = (i % 2 == 0).then(|| "127.0.0.3:0".parse().unwrap());
+            io.connect_from(&"127.0.0.1:3306".parse().unwrap(), src, 1);
+        }
+    }
+
+    fn on_connect(&mut self, io: &mut Io, sock: SockId, _o: u64, r: std::io::Result<()>) {
+        assert!(r.is_ok(), "{r:?}");
+        self.1 += 1;
+        io.close(sock);
+    }
+
+    fn on_data(&mut self, _io: &mut Io, _s: SockId, _o: u64, _d: &[u8], _b: BufRef) {}
+
+    fn on_eof(&mut self, io: &mut Io, sock: SockId, _o: u64, _e: Option<std::io::Error>) {
+        io.close(sock);
+    }
+
+    fn is_drained(&self) -> bool {
+        true
+    }
+}
+
+/// Item 10: a linked socket-option → bind → connect → timeout chain always goes into one
+/// submission, even when the queue is nearly full (the simulation asserts it at each submit).
+#[test]
+fn item10_connect_chains_are_never_split_across_submissions() {
+    let sim = SimHandle::new(13, Faults::none(), 512);
+    sim.add_server(
+        "127.0.0.1:3306".parse().unwrap(),
+        Box::new(|| {
+            Box::new(Poke {
+                sent: true,
+                window: usize::MAX,
+                got: 0,
+            })
+        }),
+    );
+    let cfg = WorkerConfig::basic(0, 512);
+    let mut w = Worker::with_driver(&cfg, sim.driver(), &[], Parts::new(Dialer(200, 0))).unwrap();
+    for _ in 0..2000 {
+        w.turn().unwrap();
+        if w.service.1 == 200 && w.io.sockets() == 0 {
+            break;
+        }
+    }
+    assert_eq!(w.service.1, 200, "every connect completed");
+    assert_eq!(w.io.sockets(), 0);
+}

@@ -200,12 +200,21 @@ impl Login {
                     let plugin = Plugin::from_name(sw.plugin_name).ok_or_else(|| {
                         LoginError::Unsupported(format!(
                             "the server asks for auth plugin {}; this client speaks only \
-                             mysql_native_password and caching_sha2_password",
+                             mysql_native_password, caching_sha2_password and client_ed25519",
                             String::from_utf8_lossy(sw.plugin_name)
                         ))
                     })?;
                     self.plugin = plugin;
-                    let auth = plugin.scramble(cred.password.as_bytes(), sw.plugin_data);
+                    // ed25519's nonce is 32 raw bytes: its last one may be a 0, which the
+                    // parser's NUL stripping (right for the other plugins) would take off.
+                    let data = match plugin {
+                        Plugin::Ed25519 => {
+                            let rest = &payload[(2 + sw.plugin_name.len()).min(payload.len())..];
+                            &rest[..rest.len().min(32)]
+                        }
+                        _ => sw.plugin_data,
+                    };
+                    let auth = plugin.scramble(cred.password.as_bytes(), data);
                     write_packet(out, seq.wrapping_add(1), &auth);
                     Ok(false)
                 }
@@ -379,13 +388,36 @@ mod tests {
     }
 
     #[test]
+    fn ed25519_switch_signs_the_raw_nonce() {
+        let mut l = Login::new();
+        let mut out = Vec::new();
+        l.feed(&greeting(b"mysql_native_password"), &cred(), &mut out)
+            .unwrap();
+        // A nonce whose last byte is 0: it must not be taken for a terminator.
+        let mut nonce = [9u8; 32];
+        nonce[31] = 0;
+        let mut sw = b"\xfeclient_ed25519\0".to_vec();
+        sw.extend_from_slice(&nonce);
+        let mut pkt = Vec::new();
+        write_packet(&mut pkt, 2, &sw);
+        out.clear();
+        assert_eq!(l.feed(&pkt, &cred(), &mut out), Ok(None));
+        let (seq, payload) = response_of(&out);
+        assert_eq!(seq, 3);
+        assert_eq!(
+            payload,
+            crate::protocol::auth::ed25519_signature(b"pw", &nonce)
+        );
+    }
+
+    #[test]
     fn unknown_plugin_switch_is_unsupported() {
         let mut l = Login::new();
         let mut out = Vec::new();
         l.feed(&greeting(b"mysql_native_password"), &cred(), &mut out)
             .unwrap();
         let mut pkt = Vec::new();
-        write_packet(&mut pkt, 2, b"\xfeclient_ed25519\0nonce\0");
+        write_packet(&mut pkt, 2, b"\xfedialog\0nonce\0");
         assert!(matches!(
             l.feed(&pkt, &cred(), &mut out),
             Err(LoginError::Unsupported(_))
