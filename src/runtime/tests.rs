@@ -414,6 +414,18 @@ impl Service for Burst {
     }
 }
 
+impl Burst {
+    fn new(chunks: usize, size: usize, close_after: Option<Duration>) -> Burst {
+        Burst {
+            chunks,
+            size,
+            close_after,
+            sock: None,
+            released: 0,
+        }
+    }
+}
+
 /// Sends one byte, then reads `window` bytes at most.
 struct Poke {
     sent: bool,
@@ -438,6 +450,16 @@ impl SimPeer for Poke {
     }
 }
 
+impl Poke {
+    fn new(sent: bool, window: usize) -> Box<Poke> {
+        Box::new(Poke {
+            sent,
+            window,
+            got: 0,
+        })
+    }
+}
+
 fn burst_worker(sim: &SimHandle, burst: Burst) -> Worker<Burst> {
     let cfg = WorkerConfig::basic(0, 64);
     let listen = [LISTEN.parse().unwrap()];
@@ -450,22 +472,8 @@ fn burst_worker(sim: &SimHandle, burst: Burst) -> Worker<Burst> {
 fn item6_msg_more_only_when_the_queue_does_not_fit_one_send() {
     for (chunks, sends, with_more) in [(10, 1, 0), (100, 2, 1)] {
         let sim = SimHandle::new(11, Faults::none(), 64);
-        let burst = Burst {
-            chunks,
-            size: 100,
-            close_after: None,
-            sock: None,
-            released: 0,
-        };
-        let mut w = burst_worker(&sim, burst);
-        sim.connect_client(
-            0,
-            Box::new(Poke {
-                sent: false,
-                window: usize::MAX,
-                got: 0,
-            }),
-        );
+        let mut w = burst_worker(&sim, Burst::new(chunks, 100, None));
+        sim.connect_client(0, Poke::new(false, usize::MAX));
         for _ in 0..200 {
             w.turn().unwrap();
         }
@@ -483,23 +491,10 @@ fn item6_msg_more_only_when_the_queue_does_not_fit_one_send() {
 #[test]
 fn item10_send_memory_stays_alive_until_its_send_completes() {
     let sim = SimHandle::new(12, Faults::none(), 64);
-    let burst = Burst {
-        chunks: 8,
-        size: 4096,
-        close_after: Some(Duration::from_millis(100)),
-        sock: None,
-        released: 0,
-    };
-    let mut w = burst_worker(&sim, burst);
+    let close_after = Some(Duration::from_millis(100));
+    let mut w = burst_worker(&sim, Burst::new(8, 4096, close_after));
     // The peer takes 1000 bytes and then nothing: the send stays in flight.
-    sim.connect_client(
-        0,
-        Box::new(Poke {
-            sent: false,
-            window: 1000,
-            got: 0,
-        }),
-    );
+    sim.connect_client(0, Poke::new(false, 1000));
     let mut held_while_closing = false;
     for _ in 0..2000 {
         w.turn().unwrap();
@@ -560,13 +555,7 @@ fn item10_connect_chains_are_never_split_across_submissions() {
     let sim = SimHandle::new(13, Faults::none(), 512);
     sim.add_server(
         "127.0.0.1:3306".parse().unwrap(),
-        Box::new(|| {
-            Box::new(Poke {
-                sent: true,
-                window: usize::MAX,
-                got: 0,
-            })
-        }),
+        Box::new(|| Poke::new(true, usize::MAX)),
     );
     let cfg = WorkerConfig::basic(0, 512);
     let mut w = Worker::with_driver(&cfg, sim.driver(), &[], Parts::new(Dialer(200, 0))).unwrap();
