@@ -10,10 +10,21 @@
 //! [`Config::summary`]. Checks that involve more than one key or the host (the fixed-file ceiling,
 //! `send_high_water >= buffer_size`, ...) are code in `Merged::validate`.
 //!
-//! Errors ([`ConfigError`]) always name the offending key: its TOML path (`proxy.listen`) when the
-//! value came from the file or a default, its flag (`--listen`) when it came from the command line.
+//! Keys marked `mode: pooled` belong to pooled mode (the proxy authenticates clients itself and
+//! multiplexes their queries over pooled backend connections): the summary shows them only while
+//! `proxy.pooled_listen` is set or when they differ from their default, so a configuration without
+//! pooled listeners summarises as it did before pooled mode existed.
+//!
+//! The users of pooled listeners are not keys but a list of records, the `[[users]]` array of
+//! tables (file only, no flags): [`UserConfig`], read by `parse_users`, shown by the summary as
+//! `[[users]]` tables after every key.
+//!
+//! Errors ([`ConfigError`]) always name the offending key: its TOML path (`proxy.listen`,
+//! `users[2].password`) when the value came from the file or a default, its flag (`--listen`) when
+//! it came from the command line.
 
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
+use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -67,6 +78,9 @@ pub struct KeySpec {
     pub negation: &'static str,
     /// MySQL Proxy's name for the option, accepted as a visible alias.
     pub alias: Option<&'static str>,
+    /// A setting of pooled mode (`mode: pooled`): the summary leaves it out while no pooled
+    /// listener is configured and it holds its default.
+    pub pooled: bool,
     /// What the key means: the doc comment of its declaration.
     pub help: &'static str,
 }
@@ -81,6 +95,16 @@ macro_rules! optional {
     };
 }
 
+/// Whether a declaration's `mode` is `pooled` (no `mode`: a key of every mode).
+macro_rules! pooled_mode {
+    () => {
+        false
+    };
+    (pooled) => {
+        true
+    };
+}
+
 /// Generates, from the one declaration of every key: [`Config`], [`keys`] and [`KEYS`], [`Cli`]
 /// with its clap parsing, [`FileConfig`] with its key lookup, and `Merged` (the layering and the
 /// per-key checks).
@@ -89,13 +113,25 @@ macro_rules! config_keys {
         $(#[doc = $doc:literal])+
         $field:ident: $ty:ty {
             key: $section:ident . $name:ident, flag: $long:literal $(| $alias:literal)?,
-            kind: $kind:ty, default: $default:expr $(,)?
+            kind: $kind:ty, default: $default:expr $(, mode: $mode:ident)? $(,)?
         }
     )+) => {
         /// The validated configuration the rest of the proxy reads. All sizes in bytes.
-        #[derive(Debug, Clone, PartialEq)]
+        #[derive(Clone, PartialEq)]
         pub struct Config {
             $($(#[doc = $doc])+ pub $field: $ty,)+
+            /// Users of pooled listeners, as configured.
+            pub users: Vec<UserConfig>,
+        }
+
+        /// Every field as its kind shows it: secrets are not printed.
+        impl Debug for Config {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct("Config")
+                    $(.field(stringify!($field), &Shown::<$kind, $ty>(&self.$field, PhantomData)))+
+                    .field("users", &self.users)
+                    .finish()
+            }
         }
 
         /// The declaration of every key, by [`Config`] field name.
@@ -110,6 +146,7 @@ macro_rules! config_keys {
                 flag: concat!("--", $long),
                 negation: concat!("no-", $long),
                 alias: optional!($($alias)?),
+                pooled: pooled_mode!($($mode)?),
                 help: concat!($($doc),+),
             };)+
         }
@@ -152,6 +189,8 @@ macro_rules! config_keys {
         #[derive(Debug, Clone, Default, PartialEq)]
         pub struct FileConfig {
             $(pub $field: Option<RawOf<$kind, $ty>>,)+
+            /// The `[[users]]` tables, checked.
+            pub users: Vec<UserConfig>,
         }
 
         impl FileConfig {
@@ -163,7 +202,7 @@ macro_rules! config_keys {
                 origin: &str,
             ) -> Result<(), ConfigError> {
                 $(if (section, name) == (keys::$field.section, keys::$field.name) {
-                    self.$field = Some(read_value(value, &keys::$field, origin)?);
+                    self.$field = Some(read_value(value, keys::$field.path, origin)?);
                     return Ok(());
                 })+
                 Err(unknown_key(section, name, origin))
@@ -173,6 +212,7 @@ macro_rules! config_keys {
         /// File values with command-line values laid over them, not yet validated.
         struct Merged {
             $($field: Layered<RawOf<$kind, $ty>>,)+
+            users: Vec<UserConfig>,
         }
 
         impl Merged {
@@ -184,6 +224,7 @@ macro_rules! config_keys {
                         file.$field,
                         <RawOf<$kind, $ty>>::from_cli(&cli.$field),
                     ),)+
+                    users: file.users,
                 }
             }
 
@@ -191,6 +232,7 @@ macro_rules! config_keys {
             fn check_each(&self) -> Result<Config, ConfigError> {
                 Ok(Config {
                     $($field: self.$field.check::<$kind, $ty>()?,)+
+                    users: self.users.clone(),
                 })
             }
         }
@@ -202,6 +244,11 @@ macro_rules! config_keys {
                     key: &keys::$field,
                     value: <$kind as Kind<$ty>>::render(&self.$field),
                     comment: <$kind as Kind<$ty>>::comment(&self.$field),
+                    default: <$kind as Kind<$ty>>::check(
+                        &<$kind as Kind<$ty>>::raw_default($default),
+                    )
+                    .ok()
+                    .and_then(|value| <$kind as Kind<$ty>>::render(&value)),
                 }),+]
             }
         }
@@ -209,10 +256,18 @@ macro_rules! config_keys {
 }
 
 config_keys! {
-    /// Addresses (IP:PORT) to accept clients on; repeatable and/or comma-separated.
+    /// Addresses (IP:PORT) to accept pass-through clients on; repeatable and/or comma-separated.
+    /// None when pooled_listen is set and this is not.
     listen: Vec<SocketAddr> {
         key: proxy.listen, flag: "listen" | "proxy-address",
-        kind: Addrs, default: &["127.0.0.1:6033"],
+        kind: AddrsOrNone, default: &["127.0.0.1:6033"],
+    }
+    /// Addresses (IP:PORT) to accept clients on in pooled mode (the proxy authenticates them
+    /// itself and multiplexes their queries over pooled backend connections); repeatable and/or
+    /// comma-separated; none may also be in listen.
+    pooled_listen: Vec<SocketAddr> {
+        key: proxy.pooled_listen, flag: "pooled-listen",
+        kind: AddrsOrNone, default: &[], mode: pooled,
     }
     /// Backend MySQL servers (IP:PORT), used round-robin; repeatable and/or comma-separated;
     /// required.
@@ -296,6 +351,41 @@ config_keys! {
         key: proxy.backend_handshake_timeout_ms, flag: "backend-handshake-timeout-ms",
         kind: Int<1_000, MAX_TIMEOUT_MS>, default: 8_000,
     }
+    /// Backend connections per backend server that pooled sessions may hold at once, whole proxy.
+    max_backend_connections: usize {
+        key: proxy.max_backend_connections, flag: "max-backend-connections",
+        kind: Int<1, 100_000>, default: 100, mode: pooled,
+    }
+    /// An idle pooled backend connection unused this long is closed, in milliseconds; 0 = never.
+    pool_idle_timeout_ms: u64 {
+        key: proxy.pool_idle_timeout_ms, flag: "pool-idle-timeout-ms",
+        kind: Int<0, MAX_TIMEOUT_MS>, default: 60_000, mode: pooled,
+    }
+    /// A pooled backend connection this old is closed when it is next idle, in milliseconds;
+    /// 0 = never.
+    pool_max_age_ms: u64 {
+        key: proxy.pool_max_age_ms, flag: "pool-max-age-ms",
+        kind: Int<0, MAX_TIMEOUT_MS>, default: 3_600_000, mode: pooled,
+    }
+    /// An idle pooled backend connection unused this long is pinged (COM_PING) before it is
+    /// reused, in milliseconds; 0 = before every reuse.
+    pool_ping_after_ms: u64 {
+        key: proxy.pool_ping_after_ms, flag: "pool-ping-after-ms",
+        kind: Int<0, MAX_TIMEOUT_MS>, default: 10_000, mode: pooled,
+    }
+    /// How long a pooled session's query may wait for a backend connection before it gets an
+    /// error, in milliseconds.
+    pool_wait_timeout_ms: u64 {
+        key: proxy.pool_wait_timeout_ms, flag: "pool-wait-timeout-ms",
+        kind: Int<1, MAX_TIMEOUT_MS>, default: 10_000, mode: pooled,
+    }
+    /// After a failed login on a pooled listener, further logins from the same client address are
+    /// answered no sooner than this after their handshake response, in milliseconds; doubles with
+    /// each failure up to 8 times this, reset by a successful login; 0 = no delay.
+    auth_failure_delay_ms: u64 {
+        key: proxy.auth_failure_delay_ms, flag: "auth-failure-delay-ms",
+        kind: Int<0, 60_000>, default: 1_000, mode: pooled,
+    }
     /// Worker threads, may exceed the core count; a validated configuration holds the resolved
     /// count, never 0.
     workers: usize {
@@ -338,6 +428,24 @@ config_keys! {
     stats_file: Option<PathBuf> {
         key: log.stats_file, flag: "stats-file",
         kind: FilePath, default: None,
+    }
+    /// Account the proxy logs in to the backends with to load the users of pooled listeners and
+    /// their password hashes; needs monitor.password.
+    monitor_user: Option<String> {
+        key: monitor.user, flag: "monitor-user",
+        kind: Name, default: None, mode: pooled,
+    }
+    /// Password of the monitor account; needs monitor.user. Better in the file than on the
+    /// command line, which other local users can see.
+    monitor_password: Option<String> {
+        key: monitor.password, flag: "monitor-password",
+        kind: Password, default: None, mode: pooled,
+    }
+    /// Least time between two reloads of the backends' users, in milliseconds; a reload happens
+    /// when an unknown user or a failed login appears.
+    users_refresh_ms: u64 {
+        key: monitor.users_refresh_ms, flag: "users-refresh-ms",
+        kind: Int<100, MAX_TIMEOUT_MS>, default: 5_000, mode: pooled,
     }
 }
 
@@ -436,6 +544,22 @@ pub trait Kind<T> {
     fn comment(_value: &T) -> Option<String> {
         None
     }
+    /// The value as `Config`'s `Debug` prints it.
+    fn debug(value: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result
+    where
+        T: Debug,
+    {
+        Debug::fmt(value, f)
+    }
+}
+
+/// A [`Config`] field printed by its kind `K` (see [`Kind::debug`]).
+struct Shown<'a, K, T>(&'a T, PhantomData<K>);
+
+impl<K: Kind<T>, T: Debug> Debug for Shown<'_, K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        K::debug(self.0, f)
+    }
 }
 
 /// The raw value of kind `K` for a field of type `T`.
@@ -458,6 +582,12 @@ pub trait Written: Clone + Debug + PartialEq + DeserializeOwned {
 
 /// A list of `IP:PORT` socket addresses, at least one, none twice.
 pub struct Addrs;
+/// A list of `IP:PORT` socket addresses, possibly empty, none twice.
+pub struct AddrsOrNone;
+/// A name (a non-empty string), optional.
+pub struct Name;
+/// A password (any string, even empty), optional; `Config`'s `Debug` does not print it.
+pub struct Password;
 /// An IP address without a port, optional.
 pub struct Ip;
 /// A whole number in `MIN..=MAX`.
@@ -485,11 +615,67 @@ impl Kind<Vec<SocketAddr>> for Addrs {
         AddrList(default.iter().map(|a| a.to_string()).collect())
     }
     fn check(raw: &AddrList) -> Result<Vec<SocketAddr>, String> {
+        if raw.0.is_empty() {
+            return Err("at least one address is required (IP:PORT)".to_owned());
+        }
         parse_addrs(&raw.0)
     }
     fn render(value: &Vec<SocketAddr>) -> Option<String> {
-        let quoted: Vec<String> = value.iter().map(|a| format!("\"{a}\"")).collect();
-        Some(format!("[{}]", quoted.join(", ")))
+        Some(addrs_toml(value))
+    }
+}
+
+impl Kind<Vec<SocketAddr>> for AddrsOrNone {
+    type Raw = AddrList;
+    type Default = &'static [&'static str];
+    const VALUE_NAME: &'static str = "ADDR";
+    fn raw_default(default: Self::Default) -> AddrList {
+        AddrList(default.iter().map(|a| a.to_string()).collect())
+    }
+    fn check(raw: &AddrList) -> Result<Vec<SocketAddr>, String> {
+        parse_addrs(&raw.0)
+    }
+    fn render(value: &Vec<SocketAddr>) -> Option<String> {
+        Some(addrs_toml(value))
+    }
+}
+
+impl Kind<Option<String>> for Name {
+    type Raw = Option<String>;
+    type Default = Option<&'static str>;
+    const VALUE_NAME: &'static str = "NAME";
+    fn raw_default(default: Option<&'static str>) -> Option<String> {
+        default.map(str::to_owned)
+    }
+    fn check(raw: &Option<String>) -> Result<Option<String>, String> {
+        if raw.as_deref() == Some("") {
+            return Err("must not be empty".to_owned());
+        }
+        Ok(raw.clone())
+    }
+    fn render(value: &Option<String>) -> Option<String> {
+        value.as_deref().map(toml_string)
+    }
+}
+
+impl Kind<Option<String>> for Password {
+    type Raw = Option<String>;
+    type Default = Option<&'static str>;
+    const VALUE_NAME: &'static str = "PASSWORD";
+    fn raw_default(default: Option<&'static str>) -> Option<String> {
+        default.map(str::to_owned)
+    }
+    fn check(raw: &Option<String>) -> Result<Option<String>, String> {
+        Ok(raw.clone())
+    }
+    fn render(value: &Option<String>) -> Option<String> {
+        value.as_deref().map(toml_string)
+    }
+    fn debug(value: &Option<String>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match value {
+            Some(_) => f.write_str("Some(***)"),
+            None => f.write_str("None"),
+        }
     }
 }
 
@@ -729,10 +915,13 @@ fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
 
+/// Addresses as a TOML array of strings.
+fn addrs_toml(addrs: &[SocketAddr]) -> String {
+    let quoted: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 fn parse_addrs(list: &[String]) -> Result<Vec<SocketAddr>, String> {
-    if list.is_empty() {
-        return Err("at least one address is required (IP:PORT)".to_owned());
-    }
     let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
     for text in list {
         let addr: SocketAddr = text
@@ -1095,6 +1284,10 @@ impl FileConfig {
                 })?;
         let mut file = FileConfig::default();
         for (section, value) in table {
+            if section == USERS {
+                file.users = parse_users(value, origin)?;
+                continue;
+            }
             for (name, value) in section_entries(&section, value, origin)? {
                 file.set((&section, &name), value, origin)?;
             }
@@ -1122,6 +1315,7 @@ fn section_entries(
     let mut sections: Vec<&str> = KEYS.iter().map(|key| key.section).collect();
     sections.dedup();
     if !sections.contains(&section) {
+        sections.push(USERS);
         return Err(ConfigError::UnknownKey {
             key: section.to_owned(),
             origin: origin.to_owned(),
@@ -1155,14 +1349,14 @@ fn one_of(names: Vec<&str>) -> String {
     format!("expected one of {}", quoted.join(", "))
 }
 
-/// The file's value of `key`, or an error naming the key and what was expected.
-fn read_value<R: Written>(
+/// The file's value of the key at `path`, or an error naming the key and what was expected.
+fn read_value<R: DeserializeOwned>(
     value: toml::Value,
-    key: &KeySpec,
+    path: &str,
     origin: &str,
 ) -> Result<R, ConfigError> {
     R::deserialize(value).map_err(|e| ConfigError::WrongType {
-        key: key.path.to_owned(),
+        key: path.to_owned(),
         origin: origin.to_owned(),
         problem: e
             .to_string()
@@ -1170,6 +1364,219 @@ fn read_value<R: Written>(
             .replace("expected u64", "expected a non-negative integer")
             .replace("expected a boolean", "expected true or false"),
     })
+}
+
+// ---- Users of pooled listeners --------------------------------------------------------------
+
+/// The top-level name of the `[[users]]` array of tables.
+const USERS: &str = "users";
+
+/// The keys a `[[users]]` table may hold.
+const USER_KEYS: &[&str] = &[
+    "name",
+    "password",
+    "default_schema",
+    "max_connections",
+    "active",
+];
+
+/// Hex digits of a mysql_native_password hash (after its `*`).
+const NATIVE_HASH_HEX_DIGITS: usize = 40;
+
+/// A user of the pooled listeners, from a `[[users]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConfig {
+    /// The account name clients log in with (`name`, required, not empty, unique).
+    pub name: String,
+    /// The account's password (`password`, required).
+    pub secret: Secret,
+    /// Schema selected at login when the client names none (`default_schema`).
+    pub default_schema: Option<String>,
+    /// Client connections of this user at once (`max_connections`); 0 = unlimited.
+    pub max_connections: usize,
+    /// Whether the user may log in (`active`, default true).
+    pub active: bool,
+}
+
+/// A user's password as the configuration gives it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// The password itself.
+    Cleartext(String),
+    /// mysql_native_password's stored hash, SHA1(SHA1(password)), as MySQL prints it after the
+    /// `*` (`SELECT PASSWORD('...')`, `mysql.user.authentication_string`).
+    NativeHash([u8; 20]),
+}
+
+impl Secret {
+    /// Reads a password as written: `*` followed by 40 hex digits (any case) is a
+    /// mysql_native_password hash; any other text not starting with `*` is the cleartext password
+    /// (the empty one included). A text starting with `*` that is not a hash is refused: a
+    /// cleartext password cannot start with `*`.
+    pub fn parse(text: &str) -> Result<Secret, String> {
+        let Some(hex) = text.strip_prefix('*') else {
+            return Ok(Secret::Cleartext(text.to_owned()));
+        };
+        let not_a_hash =
+            "starts with \"*\" but is not a mysql_native_password hash (\"*\" followed \
+                          by 40 hex digits, as MySQL prints it; a cleartext password cannot start \
+                          with \"*\")";
+        // The text is not echoed: it may be a cleartext password typed in the wrong place.
+        let count = hex.chars().count();
+        if count != NATIVE_HASH_HEX_DIGITS {
+            return Err(format!(
+                "{not_a_hash}: {count} characters follow the \"*\", not {NATIVE_HASH_HEX_DIGITS}"
+            ));
+        }
+        if let Some(at) = hex.chars().position(|c| !c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{not_a_hash}: character {} after the \"*\" is not a hex digit",
+                at + 1
+            ));
+        }
+        // Every character is an ASCII hex digit (checked above).
+        let digit = |b: u8| char::from(b).to_digit(16).unwrap_or(0) as u8;
+        let mut hash = [0u8; 20];
+        for (byte, pair) in hash.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            *byte = (digit(pair[0]) << 4) | digit(pair[1]);
+        }
+        Ok(Secret::NativeHash(hash))
+    }
+
+    /// The password as a configuration file writes it: the cleartext, or `*` and the hash in
+    /// upper-case hex (as MySQL prints it). [`Secret::parse`] reads it back to the same value.
+    pub fn as_written(&self) -> String {
+        match self {
+            Secret::Cleartext(text) => text.clone(),
+            Secret::NativeHash(hash) => format!("*{}", hex_upper(hash)),
+        }
+    }
+}
+
+/// Never the password: `Cleartext(***)`, or the hash's first two bytes (`NativeHash(*2470…)`).
+impl Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Cleartext(_) => f.write_str("Cleartext(***)"),
+            Secret::NativeHash(hash) => write!(f, "NativeHash(*{}…)", hex_upper(&hash[..2])),
+        }
+    }
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// The `[[users]]` array of tables: every user checked, names unique.
+fn parse_users(value: toml::Value, origin: &str) -> Result<Vec<UserConfig>, ConfigError> {
+    let toml::Value::Array(entries) = value else {
+        return Err(ConfigError::WrongType {
+            key: USERS.to_owned(),
+            origin: origin.to_owned(),
+            problem: format!(
+                "invalid type: {}, expected an array of [[users]] tables",
+                value.type_str()
+            ),
+        });
+    };
+    let mut users: Vec<UserConfig> = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        let path = format!("{USERS}[{index}]");
+        let user = UserConfig::from_toml(entry, &path, origin)?;
+        if let Some(first) = users.iter().position(|u| u.name == user.name) {
+            return Err(ConfigError::Invalid {
+                key: format!("{path}.name"),
+                problem: format!(
+                    "{:?} is already the name of {USERS}[{first}]; user names must be unique",
+                    user.name
+                ),
+            });
+        }
+        users.push(user);
+    }
+    Ok(users)
+}
+
+impl UserConfig {
+    /// One `[[users]]` table; `path` (`users[2]`) names it in errors.
+    fn from_toml(value: toml::Value, path: &str, origin: &str) -> Result<UserConfig, ConfigError> {
+        let toml::Value::Table(entries) = value else {
+            return Err(ConfigError::WrongType {
+                key: path.to_owned(),
+                origin: origin.to_owned(),
+                problem: format!(
+                    "invalid type: {}, expected a [[users]] table",
+                    value.type_str()
+                ),
+            });
+        };
+        let (mut name, mut password, mut default_schema) = (None, None, None);
+        let (mut max_connections, mut active) = (0u64, true);
+        for (key, value) in entries {
+            let at = format!("{path}.{key}");
+            match key.as_str() {
+                "name" => name = Some(read_value::<String>(value, &at, origin)?),
+                "password" => password = Some(read_value::<String>(value, &at, origin)?),
+                "default_schema" => {
+                    default_schema = Some(read_value::<String>(value, &at, origin)?)
+                }
+                "max_connections" => max_connections = read_value::<u64>(value, &at, origin)?,
+                "active" => active = read_value::<bool>(value, &at, origin)?,
+                _ => {
+                    return Err(ConfigError::UnknownKey {
+                        key: at,
+                        origin: origin.to_owned(),
+                        expected: one_of(USER_KEYS.to_vec()),
+                    })
+                }
+            }
+        }
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            key: format!("{path}.{key}"),
+            problem,
+        };
+        let name =
+            name.ok_or_else(|| invalid("name", "missing: every user needs a name".into()))?;
+        if name.is_empty() {
+            return Err(invalid("name", "must not be empty".into()));
+        }
+        let password = password.ok_or_else(|| {
+            invalid(
+                "password",
+                format!(
+                    "missing: user {name:?} needs a password (the cleartext, or a \
+                     mysql_native_password hash: \"*\" followed by 40 hex digits)"
+                ),
+            )
+        })?;
+        let secret = Secret::parse(&password).map_err(|problem| invalid("password", problem))?;
+        if default_schema.as_deref() == Some("") {
+            return Err(invalid(
+                "default_schema",
+                "must not be empty (leave it out for none)".into(),
+            ));
+        }
+        Ok(UserConfig {
+            name,
+            secret,
+            default_schema,
+            max_connections: to_usize(max_connections),
+            active,
+        })
+    }
+
+    /// The user as a `[[users]]` table (after a blank line), which [`parse_users`] reads back to
+    /// the same value.
+    fn summary(&self) -> String {
+        let mut out = format!("\n[[{USERS}]]\nname = {}\n", toml_string(&self.name));
+        out += &format!("password = {}\n", toml_string(&self.secret.as_written()));
+        if let Some(schema) = &self.default_schema {
+            out += &format!("default_schema = {}\n", toml_string(schema));
+        }
+        out += &format!("max_connections = {}\n", self.max_connections);
+        out += &format!("active = {}\n", self.active);
+        out
+    }
 }
 
 // ---- Layering and validation ----------------------------------------------------------------
@@ -1254,7 +1661,52 @@ impl Merged {
         config.max_connections = self.connection_limit(config.workers, host)?;
         self.check_send_high_water(&config)?;
         self.check_backend_handshake(&config)?;
+        config.listen = self.check_listeners(&config)?;
+        self.check_monitor_account(&config)?;
         Ok(config)
+    }
+
+    /// The pass-through listeners: none by default once pooled ones are set. Some listener, of
+    /// either kind, is required, and an address is one or the other.
+    fn check_listeners(&self, config: &Config) -> Result<Vec<SocketAddr>, ConfigError> {
+        let (listen, pooled) = (&self.listen, &self.pooled_listen);
+        if listen.origin == Origin::Default && !config.pooled_listen.is_empty() {
+            return Ok(Vec::new());
+        }
+        if config.listen.is_empty() && config.pooled_listen.is_empty() {
+            return Err(listen.invalid(format!(
+                "at least one address is required (IP:PORT), here or in {}: there is nowhere to \
+                 accept clients",
+                pooled.name()
+            )));
+        }
+        if let Some(addr) = config
+            .pooled_listen
+            .iter()
+            .find(|a| config.listen.contains(a))
+        {
+            return Err(pooled.invalid(format!(
+                "{addr} is also in {}; an address accepts either pass-through or pooled clients",
+                listen.name()
+            )));
+        }
+        Ok(config.listen.clone())
+    }
+
+    /// The monitor account needs both its name and its password.
+    fn check_monitor_account(&self, config: &Config) -> Result<(), ConfigError> {
+        let (user, password) = (&self.monitor_user, &self.monitor_password);
+        match (&config.monitor_user, &config.monitor_password) {
+            (Some(_), None) => Err(password.invalid(format!(
+                "missing: {} is set, and the monitor account needs its password too",
+                user.name()
+            ))),
+            (None, Some(_)) => Err(user.invalid(format!(
+                "missing: {} is set, and the monitor account needs its user name too",
+                password.name()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// `workers = 0` means one worker per core.
@@ -1335,11 +1787,13 @@ impl Merged {
 
 // ---- The configuration ----------------------------------------------------------------------
 
-/// One summary line before notes: a key, its value as TOML (`None`: unset) and its kind's comment.
+/// One summary line before notes: a key, its value as TOML (`None`: unset), its kind's comment,
+/// and its default as TOML (`None`: none).
 struct Rendered {
     key: &'static KeySpec,
     value: Option<String>,
     comment: Option<String>,
+    default: Option<String>,
 }
 
 impl Config {
@@ -1372,9 +1826,15 @@ impl Config {
         )
     }
 
-    /// A one-screen summary of the effective configuration, one `section.key = value` line per
-    /// key. It is itself a valid configuration file: feeding it back through `--config` yields
-    /// the same [`Config`].
+    /// Whether pooled listeners are configured.
+    pub fn pooled_mode(&self) -> bool {
+        !self.pooled_listen.is_empty()
+    }
+
+    /// A summary of the effective configuration, one `section.key = value` line per key (pooled
+    /// mode's keys only in pooled mode or when not at their default; one screen without them),
+    /// then the `[[users]]` tables. It is itself a valid configuration file: feeding it back
+    /// through `--config` yields the same [`Config`].
     pub fn summary(&self) -> String {
         let host = Host::current();
         let mut out = String::from("# ringproxy effective configuration\n");
@@ -1382,15 +1842,22 @@ impl Config {
             key,
             value,
             comment,
+            default,
         } in self.rendered()
         {
             let Some(value) = value else { continue };
+            if key.pooled && !self.pooled_mode() && Some(&value) == default.as_ref() {
+                continue;
+            }
             out += &format!("{} = {value}", key.path);
             let notes: Vec<String> = comment.into_iter().chain(self.note(key, host)).collect();
             if !notes.is_empty() {
                 out += &format!("  # {}", notes.join("; "));
             }
             out.push('\n');
+        }
+        for user in &self.users {
+            out += &user.summary();
         }
         out
     }
@@ -1491,6 +1958,22 @@ mod tests {
         assert_eq!(c.buffer_count, 1024);
         assert_eq!(c.send_high_water, 1 << 20);
         assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(
+            c.pooled_listen,
+            Vec::<SocketAddr>::new(),
+            "no pooled listener"
+        );
+        assert_eq!(c.max_backend_connections, 100);
+        assert_eq!(c.pool_idle_timeout_ms, 60_000);
+        assert_eq!(c.pool_max_age_ms, 3_600_000);
+        assert_eq!(c.pool_ping_after_ms, 10_000);
+        assert_eq!(c.pool_wait_timeout_ms, 10_000);
+        assert_eq!(c.auth_failure_delay_ms, 1_000);
+        assert_eq!(c.monitor_user, None);
+        assert_eq!(c.monitor_password, None);
+        assert_eq!(c.users_refresh_ms, 5_000);
+        assert_eq!(c.users, vec![]);
+        assert!(!c.pooled_mode());
     }
 
     #[test]
@@ -2370,7 +2853,8 @@ mod tests {
         );
         let summary = c.summary();
         assert!(summary.lines().count() <= 24, "one screen:\n{summary}");
-        for key in KEYS {
+        // Pooled mode's keys are shown in pooled mode: see `pooled_summary_...` below.
+        for key in KEYS.iter().filter(|key| !key.pooled) {
             let line = format!("\n{} = ", key.path);
             assert!(summary.contains(&line), "{} missing:\n{summary}", key.path);
         }
@@ -2394,6 +2878,8 @@ mod tests {
             match key.path {
                 "proxy.backends" => assert_eq!(key.flag, "--backend"),
                 "log.level" => assert_eq!(key.flag, "--log-level"),
+                "monitor.user" => assert_eq!(key.flag, "--monitor-user"),
+                "monitor.password" => assert_eq!(key.flag, "--monitor-password"),
                 _ => assert_eq!(key.long, key.name.replace('_', "-"), "{}", key.path),
             }
             assert_eq!(key.path, format!("{}.{}", key.section, key.name));
@@ -2427,5 +2913,661 @@ mod tests {
                 "README.md has no row starting {row:?}"
             );
         }
+    }
+
+    // ---- Pooled mode ----------------------------------------------------------------------------
+
+    /// `SELECT PASSWORD('app')`, and its bytes.
+    const APP_HASH: &str = "*5BCB3E6AC345B435C7C2E6B7949A04CE6F6563D3";
+    const APP_HASH_BYTES: [u8; 20] = [
+        0x5B, 0xCB, 0x3E, 0x6A, 0xC3, 0x45, 0xB4, 0x35, 0xC7, 0xC2, 0xE6, 0xB7, 0x94, 0x9A, 0x04,
+        0xCE, 0x6F, 0x65, 0x63, 0xD3,
+    ];
+
+    const POOLED: &str =
+        "[proxy]\nbackends = [\"10.0.0.1:3306\"]\npooled_listen = [\"127.0.0.1:6034\"]\n";
+
+    #[test]
+    fn pooled_keys_are_read_from_the_file_and_overridden_by_the_command_line() {
+        let text = r#"
+            [proxy]
+            backends = ["10.0.0.1:3306"]
+            pooled_listen = ["127.0.0.1:7100", "[::1]:7101"]
+            max_backend_connections = 7
+            pool_idle_timeout_ms = 0
+            pool_max_age_ms = 0
+            pool_ping_after_ms = 0
+            pool_wait_timeout_ms = 1
+            auth_failure_delay_ms = 0
+            [monitor]
+            user = "monitor"
+            password = ""
+            users_refresh_ms = 100
+        "#;
+        let c = ok(text, &[]);
+        assert_eq!(
+            c.pooled_listen,
+            vec![addr("127.0.0.1:7100"), addr("[::1]:7101")]
+        );
+        assert_eq!(c.max_backend_connections, 7);
+        assert_eq!(c.pool_idle_timeout_ms, 0, "never");
+        assert_eq!(c.pool_max_age_ms, 0, "never");
+        assert_eq!(c.pool_ping_after_ms, 0);
+        assert_eq!(c.pool_wait_timeout_ms, 1);
+        assert_eq!(c.auth_failure_delay_ms, 0);
+        assert_eq!(c.monitor_user.as_deref(), Some("monitor"));
+        assert_eq!(
+            c.monitor_password.as_deref(),
+            Some(""),
+            "an empty password is a password"
+        );
+        assert_eq!(c.users_refresh_ms, 100);
+        assert!(c.pooled_mode());
+
+        let c = ok(
+            text,
+            &[
+                "--pooled-listen=127.0.0.1:7200,127.0.0.1:7201",
+                "--pooled-listen",
+                "127.0.0.1:7202",
+                "--max-backend-connections=100000",
+                "--pool-idle-timeout-ms=86400000",
+                "--pool-max-age-ms=86400000",
+                "--pool-ping-after-ms=86400000",
+                "--pool-wait-timeout-ms=86400000",
+                "--auth-failure-delay-ms=60000",
+                "--monitor-user=watcher",
+                "--monitor-password=s3cret",
+                "--users-refresh-ms=86400000",
+            ],
+        );
+        assert_eq!(
+            c.pooled_listen,
+            vec![
+                addr("127.0.0.1:7200"),
+                addr("127.0.0.1:7201"),
+                addr("127.0.0.1:7202")
+            ]
+        );
+        assert_eq!(c.max_backend_connections, 100_000);
+        assert_eq!(c.pool_idle_timeout_ms, 86_400_000);
+        assert_eq!(c.pool_max_age_ms, 86_400_000);
+        assert_eq!(c.pool_ping_after_ms, 86_400_000);
+        assert_eq!(c.pool_wait_timeout_ms, 86_400_000);
+        assert_eq!(c.auth_failure_delay_ms, 60_000);
+        assert_eq!(c.monitor_user.as_deref(), Some("watcher"));
+        assert_eq!(c.monitor_password.as_deref(), Some("s3cret"));
+        assert_eq!(c.users_refresh_ms, 86_400_000);
+    }
+
+    #[test]
+    fn pooled_keys_are_range_checked_naming_the_flag_or_the_key() {
+        for (arg, allowed) in [
+            ("--max-backend-connections=0", "allowed 1..=100000"),
+            ("--max-backend-connections=100001", "allowed 1..=100000"),
+            ("--pool-idle-timeout-ms=86400001", "allowed 0..=86400000"),
+            ("--pool-max-age-ms=86400001", "allowed 0..=86400000"),
+            ("--pool-ping-after-ms=86400001", "allowed 0..=86400000"),
+            ("--pool-wait-timeout-ms=0", "allowed 1..=86400000"),
+            ("--pool-wait-timeout-ms=86400001", "allowed 1..=86400000"),
+            ("--auth-failure-delay-ms=60001", "allowed 0..=60000"),
+            ("--users-refresh-ms=99", "allowed 100..=86400000"),
+            ("--users-refresh-ms=86400001", "allowed 100..=86400000"),
+        ] {
+            let flag = arg.split('=').next().unwrap();
+            let m = err_about(POOLED, &[arg], flag);
+            assert!(m.contains(allowed), "{arg}: {m}");
+        }
+        for (text, key) in [
+            (
+                "[proxy]\nmax_backend_connections = 0",
+                "proxy.max_backend_connections",
+            ),
+            (
+                "[proxy]\nmax_backend_connections = 100001",
+                "proxy.max_backend_connections",
+            ),
+            (
+                "[proxy]\npool_idle_timeout_ms = 86400001",
+                "proxy.pool_idle_timeout_ms",
+            ),
+            (
+                "[proxy]\npool_max_age_ms = 86400001",
+                "proxy.pool_max_age_ms",
+            ),
+            (
+                "[proxy]\npool_ping_after_ms = 86400001",
+                "proxy.pool_ping_after_ms",
+            ),
+            (
+                "[proxy]\npool_wait_timeout_ms = 0",
+                "proxy.pool_wait_timeout_ms",
+            ),
+            (
+                "[proxy]\nauth_failure_delay_ms = 60001",
+                "proxy.auth_failure_delay_ms",
+            ),
+            (
+                "[monitor]\nusers_refresh_ms = 99",
+                "monitor.users_refresh_ms",
+            ),
+        ] {
+            let m = err_about(&format!("{text}\n"), &["--backend=10.0.0.1:1"], key);
+            assert!(m.contains("is out of range (allowed "), "{m}");
+        }
+        let m = err_about(POOLED, &["--pooled-listen=localhost:1"], "--pooled-listen");
+        assert!(m.contains("\"localhost:1\" is not a valid address"), "{m}");
+        let m = err_about(
+            &format!("{POOLED}[monitor]\nuser = \"\"\npassword = \"x\"\n"),
+            &[],
+            "monitor.user",
+        );
+        assert!(m.contains("must not be empty"), "{m}");
+        err_about(
+            POOLED,
+            &["--monitor-user=", "--monitor-password=x"],
+            "--monitor-user",
+        );
+    }
+
+    #[test]
+    fn pooled_keys_refuse_wrong_types_naming_the_key() {
+        for (text, key, what) in [
+            (
+                "[proxy]\npooled_listen = [6034]",
+                "proxy.pooled_listen",
+                "string",
+            ),
+            (
+                "[proxy]\nmax_backend_connections = -1",
+                "proxy.max_backend_connections",
+                "non-negative integer",
+            ),
+            (
+                "[proxy]\npool_wait_timeout_ms = \"10s\"",
+                "proxy.pool_wait_timeout_ms",
+                "non-negative integer",
+            ),
+            ("[monitor]\nuser = 3", "monitor.user", "string"),
+            ("[monitor]\npassword = true", "monitor.password", "string"),
+            ("monitor = 1", "monitor", "[monitor] table"),
+        ] {
+            let err = FileConfig::parse(&format!("{text}\n"), "f.toml").expect_err(text);
+            let message = err.to_string();
+            assert_eq!(err.key(), Some(key), "{message}");
+            assert!(message.contains(what), "{message}");
+        }
+        let err = FileConfig::parse("[monitor]\nusr = \"x\"\n", "f.toml").unwrap_err();
+        assert_eq!(err.key(), Some("monitor.usr"));
+        assert!(
+            err.to_string()
+                .contains("`user`, `password`, `users_refresh_ms`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pooled_listen_alone_means_no_pass_through_listener() {
+        let c = ok(BACKEND, &["--pooled-listen", "127.0.0.1:6034"]);
+        assert_eq!(c.pooled_listen, vec![addr("127.0.0.1:6034")]);
+        assert_eq!(
+            c.listen,
+            vec![],
+            "listen defaults to none once pooled_listen is set"
+        );
+        assert_eq!(ok(POOLED, &[]).listen, vec![]);
+        // A listen the user sets is kept, from either layer.
+        let c = ok(POOLED, &["--listen=127.0.0.1:6033"]);
+        assert_eq!(c.listen, vec![addr("127.0.0.1:6033")]);
+        let both = format!("{POOLED}listen = [\"127.0.0.1:6035\"]\n");
+        assert_eq!(ok(&both, &[]).listen, vec![addr("127.0.0.1:6035")]);
+        let c = ok(
+            "[proxy]\nlisten = [\"127.0.0.1:1\"]\n",
+            &["--backend=10.0.0.1:1", "--pooled-listen=127.0.0.1:2"],
+        );
+        assert_eq!(
+            (c.listen, c.pooled_listen),
+            (vec![addr("127.0.0.1:1")], vec![addr("127.0.0.1:2")])
+        );
+        // An explicit empty list of pooled listeners changes nothing.
+        let c = ok(&format!("{BACKEND}pooled_listen = []\n"), &[]);
+        assert_eq!(c.listen, vec![addr("127.0.0.1:6033")]);
+        assert!(!c.pooled_mode());
+        // An explicitly empty listen is fine next to pooled listeners.
+        let c = ok(&format!("{POOLED}listen = []\n"), &[]);
+        assert_eq!((c.listen.len(), c.pooled_listen.len()), (0, 1));
+    }
+
+    #[test]
+    fn some_listener_is_required_naming_both_keys() {
+        let m = err_about(&format!("{BACKEND}listen = []\n"), &[], "proxy.listen");
+        assert!(m.contains("at least one address is required"), "{m}");
+        assert!(m.contains("proxy.pooled_listen"), "{m}");
+        let m = err_about(
+            &format!("{BACKEND}listen = []\npooled_listen = []\n"),
+            &[],
+            "proxy.listen",
+        );
+        assert!(m.contains("here or in proxy.pooled_listen"), "{m}");
+    }
+
+    #[test]
+    fn an_address_is_pass_through_or_pooled_not_both() {
+        let m = err_about(
+            BACKEND,
+            &[
+                "--listen=127.0.0.1:6033,127.0.0.1:6034",
+                "--pooled-listen=127.0.0.1:6034",
+            ],
+            "--pooled-listen",
+        );
+        assert!(m.contains("127.0.0.1:6034 is also in --listen"), "{m}");
+        let m = err_about(
+            &format!("{POOLED}listen = [\"[::1]:1\", \"127.0.0.1:6034\"]\n"),
+            &[],
+            "proxy.pooled_listen",
+        );
+        assert!(m.contains("127.0.0.1:6034 is also in proxy.listen"), "{m}");
+        // The default pass-through listener is dropped, so it cannot collide.
+        let c = ok(BACKEND, &["--pooled-listen=127.0.0.1:6033"]);
+        assert_eq!(
+            (c.listen, c.pooled_listen),
+            (vec![], vec![addr("127.0.0.1:6033")])
+        );
+        // Within one list, as for every address list.
+        let m = err_about(
+            POOLED,
+            &["--pooled-listen=127.0.0.1:1,127.0.0.1:1"],
+            "--pooled-listen",
+        );
+        assert!(m.contains("listed twice"), "{m}");
+    }
+
+    #[test]
+    fn the_monitor_account_needs_both_user_and_password() {
+        let m = err_about(POOLED, &["--monitor-user=monitor"], "monitor.password");
+        assert!(m.contains("missing: --monitor-user is set"), "{m}");
+        let m = err_about(
+            &format!("{POOLED}[monitor]\npassword = \"x\"\n"),
+            &[],
+            "monitor.user",
+        );
+        assert!(m.contains("missing: monitor.password is set"), "{m}");
+        let m = err_about(
+            &format!("{POOLED}[monitor]\nuser = \"m\"\n"),
+            &[],
+            "monitor.password",
+        );
+        assert!(m.contains("missing: monitor.user is set"), "{m}");
+        let c = ok(
+            &format!("{POOLED}[monitor]\nuser = \"m\"\n"),
+            &["--monitor-password=pw"],
+        );
+        assert_eq!(
+            (c.monitor_user.as_deref(), c.monitor_password.as_deref()),
+            (Some("m"), Some("pw"))
+        );
+    }
+
+    /// The users of a configuration of `text` (top-level keys and tables) and [`POOLED`].
+    fn users(text: &str) -> Vec<UserConfig> {
+        ok(&format!("{text}\n{POOLED}"), &[]).users
+    }
+
+    /// The error of a configuration of `text` and [`POOLED`], asserting it is about `key`.
+    fn user_err(text: &str, key: &str) -> String {
+        let text = format!("{text}\n{POOLED}");
+        let err = FileConfig::parse(&text, "f.toml").expect_err(&text);
+        let message = err.to_string();
+        assert_eq!(err.key(), Some(key), "{message}");
+        message
+    }
+
+    #[test]
+    fn users_are_read_with_their_defaults() {
+        let list = users(
+            r#"
+            [[users]]
+            name = "app"
+            password = "app pass"
+            [[users]]
+            name = "reporting"
+            password = "*5bcb3e6ac345b435c7c2e6b7949a04ce6f6563d3"
+            default_schema = "sales"
+            max_connections = 20
+            active = false
+            [[users]]
+            name = "nopass"
+            password = ""
+            "#,
+        );
+        assert_eq!(
+            list,
+            vec![
+                UserConfig {
+                    name: "app".into(),
+                    secret: Secret::Cleartext("app pass".into()),
+                    default_schema: None,
+                    max_connections: 0,
+                    active: true,
+                },
+                UserConfig {
+                    name: "reporting".into(),
+                    secret: Secret::NativeHash(APP_HASH_BYTES),
+                    default_schema: Some("sales".into()),
+                    max_connections: 20,
+                    active: false,
+                },
+                UserConfig {
+                    name: "nopass".into(),
+                    secret: Secret::Cleartext(String::new()),
+                    default_schema: None,
+                    max_connections: 0,
+                    active: true,
+                },
+            ]
+        );
+        assert_eq!(users(""), vec![]);
+        assert_eq!(users("users = []\n"), vec![]);
+        // Inline tables are the same array of tables.
+        let inline = users(&format!(
+            "users = [{{ name = \"a\", password = \"{APP_HASH}\" }}]\n"
+        ));
+        assert_eq!(inline[0].secret, Secret::NativeHash(APP_HASH_BYTES));
+    }
+
+    #[test]
+    fn passwords_are_cleartext_or_a_native_hash() {
+        assert_eq!(
+            Secret::parse(APP_HASH),
+            Ok(Secret::NativeHash(APP_HASH_BYTES))
+        );
+        assert_eq!(
+            Secret::parse(&APP_HASH.to_ascii_lowercase()),
+            Ok(Secret::NativeHash(APP_HASH_BYTES)),
+            "any case"
+        );
+        assert_eq!(
+            Secret::parse("*5bCb3E6aC345b435C7c2E6b7949A04cE6f6563D3"),
+            Ok(Secret::NativeHash(APP_HASH_BYTES))
+        );
+        // 40 hex digits without the "*" are a cleartext password, as are "*" inside or at the end.
+        for text in [
+            "5BCB3E6AC345B435C7C2E6B7949A04CE6F6563D3",
+            "pa*ss",
+            "pass*",
+            "",
+            " *x",
+        ] {
+            assert_eq!(
+                Secret::parse(text),
+                Ok(Secret::Cleartext(text.to_owned())),
+                "{text:?}"
+            );
+        }
+        let hash = Secret::NativeHash(APP_HASH_BYTES);
+        assert_eq!(hash.as_written(), APP_HASH);
+        assert_eq!(Secret::parse(&hash.as_written()), Ok(hash));
+        assert_eq!(Secret::Cleartext("x".into()).as_written(), "x");
+    }
+
+    #[test]
+    fn bad_native_hashes_are_refused_clearly_without_echoing_them() {
+        let forty_one = format!("{APP_HASH}0");
+        for (bad, why) in [
+            ("*XYZ", "3 characters follow the \"*\", not 40"),
+            (&APP_HASH[..40], "39 characters follow the \"*\", not 40"),
+            (forty_one.as_str(), "41 characters follow the \"*\", not 40"),
+            ("*", "0 characters follow the \"*\", not 40"),
+            (
+                "*5BCB3E6AC345B435C7C2E6B7949A04CE6F6563DG",
+                "character 40 after the \"*\" is not a hex digit",
+            ),
+            (
+                "*ZBCB3E6AC345B435C7C2E6B7949A04CE6F6563D3",
+                "character 1 after the \"*\" is not a hex digit",
+            ),
+        ] {
+            let m = user_err(
+                &format!("[[users]]\nname = \"a\"\npassword = \"x\"\n[[users]]\nname = \"b\"\npassword = {bad:?}\n"),
+                "users[1].password",
+            );
+            assert!(
+                m.starts_with(
+                    "users[1].password: starts with \"*\" but is not a mysql_native_password hash"
+                ),
+                "{m}"
+            );
+            assert!(
+                m.contains("a cleartext password cannot start with \"*\""),
+                "{m}"
+            );
+            assert!(m.contains(why), "{bad}: {m}");
+            assert!(
+                !m.contains(&bad[1..]) || bad.len() == 1,
+                "the text is not echoed: {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn users_are_checked_naming_the_full_path() {
+        let user = "[[users]]\nname = \"a\"\npassword = \"x\"\n";
+        let b = "[[users]]\nname = \"b\"\npassword = \"y\"\n";
+        let typo = "[[users]]\nname = \"c\"\npasword = \"x\"\n";
+        let m = user_err(&format!("{user}{b}{typo}"), "users[2].pasword");
+        assert!(
+            m.starts_with("unknown key \"users[2].pasword\" in f.toml"),
+            "{m}"
+        );
+        assert!(
+            m.contains("`name`, `password`, `default_schema`, `max_connections`, `active`"),
+            "{m}"
+        );
+        let dup = format!("{user}{b}{user}");
+        let m = user_err(&dup, "users[2].name");
+        assert!(m.contains("\"a\" is already the name of users[0]"), "{m}");
+        // Names are case-sensitive, as in MySQL.
+        assert_eq!(
+            users(&format!(
+                "{user}[[users]]\nname = \"A\"\npassword = \"x\"\n"
+            ))
+            .len(),
+            2
+        );
+        for (text, key, what) in [
+            (
+                "[[users]]\nname = 3\npassword = \"x\"\n",
+                "users[0].name",
+                "expected a string",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword = 5\n",
+                "users[0].password",
+                "expected a string",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword = \"x\"\ndefault_schema = []\n",
+                "users[0].default_schema",
+                "expected a string",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword = \"x\"\nmax_connections = -1\n",
+                "users[0].max_connections",
+                "non-negative integer",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword = \"x\"\nmax_connections = \"10\"\n",
+                "users[0].max_connections",
+                "non-negative integer",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword = \"x\"\nactive = \"yes\"\n",
+                "users[0].active",
+                "true or false",
+            ),
+            (
+                "users = 3\n",
+                "users",
+                "expected an array of [[users]] tables",
+            ),
+            (
+                "[users]\nname = \"a\"\n",
+                "users",
+                "expected an array of [[users]] tables",
+            ),
+            (
+                "users = [\"a\"]\n",
+                "users[0]",
+                "expected a [[users]] table",
+            ),
+            (
+                "[[users]]\npassword = \"x\"\n",
+                "users[0].name",
+                "missing: every user needs a name",
+            ),
+            (
+                "[[users]]\nname = \"\"\npassword = \"x\"\n",
+                "users[0].name",
+                "must not be empty",
+            ),
+            (
+                "[[users]]\nname = \"bob\"\n",
+                "users[0].password",
+                "missing: user \"bob\" needs a password",
+            ),
+            (
+                "[[users]]\nname = \"a\"\npassword = \"x\"\ndefault_schema = \"\"\n",
+                "users[0].default_schema",
+                "must not be empty",
+            ),
+        ] {
+            let m = user_err(text, key);
+            assert!(m.starts_with(&format!("{key}: ")), "{m}");
+            assert!(m.contains(what), "{key}: {m}");
+        }
+        // `users` is only a top-level array of tables.
+        let err = FileConfig::parse("[proxy]\nusers = []\n", "f.toml").unwrap_err();
+        assert_eq!(err.key(), Some("proxy.users"));
+        let err = FileConfig::parse("[user]\n", "f.toml").unwrap_err();
+        assert!(err.to_string().contains("`monitor`, `users`"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        assert_eq!(
+            format!("{:?}", Secret::Cleartext("hunter2".into())),
+            "Cleartext(***)"
+        );
+        assert_eq!(
+            format!("{:?}", Secret::NativeHash(APP_HASH_BYTES)),
+            "NativeHash(*5BCB…)"
+        );
+        let c = ok(
+            &format!(
+                "{POOLED}[monitor]\nuser = \"mon\"\npassword = \"monpass\"\n[[users]]\nname = \"app\"\npassword = \"hunter2\"\n[[users]]\nname = \"b\"\npassword = \"{APP_HASH}\"\n"
+            ),
+            &[],
+        );
+        let debug = format!("{c:?}");
+        for secret in ["hunter2", "monpass", &APP_HASH[5..]] {
+            assert!(!debug.contains(secret), "{secret} shown: {debug}");
+        }
+        assert!(debug.contains("monitor_password: Some(***)"), "{debug}");
+        assert!(debug.contains("monitor_user: Some(\"mon\")"), "{debug}");
+        assert!(debug.contains("listen: []"), "{debug}");
+        assert!(
+            debug.contains("name: \"app\", secret: Cleartext(***)"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn a_summary_without_pooled_mode_has_no_pooled_key_at_its_default() {
+        let c = ok(BACKEND, &[]);
+        let summary = c.summary();
+        assert_eq!(
+            summary.lines().count(),
+            22,
+            "as before pooled mode:\n{summary}"
+        );
+        for key in KEYS.iter().filter(|key| key.pooled) {
+            assert!(
+                !summary.contains(key.path),
+                "{} shown:\n{summary}",
+                key.path
+            );
+        }
+        // A pooled key set away from its default is shown even so, to keep the round trip.
+        let c = ok(BACKEND, &["--pool-wait-timeout-ms=5"]);
+        let summary = c.summary();
+        assert!(
+            summary.contains("\nproxy.pool_wait_timeout_ms = 5\n"),
+            "{summary}"
+        );
+        assert!(!summary.contains("pool_idle_timeout_ms"), "{summary}");
+        assert_eq!(
+            Config::from_layers(file(&summary), &Cli::default(), HOST).unwrap(),
+            c
+        );
+        // Users without pooled listeners are kept too.
+        let c = ok(
+            &format!("{BACKEND}[[users]]\nname = \"a\"\npassword = \"b\"\n"),
+            &[],
+        );
+        assert_eq!(
+            Config::from_layers(file(&c.summary()), &Cli::default(), HOST).unwrap(),
+            c
+        );
+    }
+
+    #[test]
+    fn pooled_summary_shows_every_key_and_the_users_and_reproduces_the_config() {
+        let c = ok(
+            &format!(
+                r#"{POOLED}backend_source = "127.0.0.2"
+                pool_max_age_ms = 0
+                [log]
+                stats_file = "/tmp/s.json"
+                [monitor]
+                user = "mon"
+                password = "mon \"pass\""
+                [[users]]
+                name = "app"
+                password = "app pass"
+                default_schema = "app"
+                [[users]]
+                name = "reporting"
+                password = "{}"
+                max_connections = 5
+                active = false
+                "#,
+                APP_HASH.to_ascii_lowercase()
+            ),
+            &["--users-refresh-ms=1000"],
+        );
+        let summary = c.summary();
+        for key in KEYS {
+            let line = format!("\n{} = ", key.path);
+            assert!(summary.contains(&line), "{} missing:\n{summary}", key.path);
+        }
+        for line in [
+            "\nproxy.listen = []\n",
+            "\nproxy.pooled_listen = [\"127.0.0.1:6034\"]\n",
+            "\nproxy.max_backend_connections = 100\n",
+            "\nproxy.pool_max_age_ms = 0\n",
+            "\nmonitor.users_refresh_ms = 1000\n",
+            "\n\n[[users]]\nname = \"app\"\npassword = \"app pass\"\ndefault_schema = \"app\"\nmax_connections = 0\nactive = true\n",
+            &format!("\n\n[[users]]\nname = \"reporting\"\npassword = \"{APP_HASH}\"\nmax_connections = 5\nactive = false\n"),
+        ] {
+            assert!(summary.contains(line), "{line:?} missing:\n{summary}");
+        }
+        // One line per key after the header, then the users.
+        let keys = summary.split("\n\n[[users]]").next().unwrap();
+        assert_eq!(keys.lines().count(), 1 + KEYS.len(), "{summary}");
+        assert!(summary.ends_with("active = false\n"), "{summary}");
+        let again = Config::from_layers(file(&summary), &Cli::default(), HOST).unwrap();
+        assert_eq!(again, c);
+        assert_eq!(again.summary(), summary);
     }
 }

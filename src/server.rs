@@ -56,6 +56,11 @@ pub fn worker_config(config: &Config, index: usize, fixed_slots: u32) -> WorkerC
 
 /// Starts the workers and blocks until they have all exited; returns their counters.
 pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> io::Result<Vec<Arc<SharedStats>>> {
+    if !config.pooled_listen.is_empty() {
+        return Err(io::Error::other(
+            "pooled listeners (pooled_listen) are not built yet in this version",
+        ));
+    }
     let mut listen = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
         listen.push(placement::claim_listen_addr(addr)?);

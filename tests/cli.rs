@@ -49,6 +49,7 @@ fn refused(out: &Output) -> String {
 const GOOD: &str = r#"
 [proxy]
 listen = ["127.0.0.1:16033"]
+pooled_listen = ["127.0.0.1:16034", "127.0.0.1:16035"]
 backends = ["127.0.0.1:13306", "127.0.0.1:13307"]
 max_connections = 500
 max_packet_size = "16MiB"
@@ -63,6 +64,12 @@ linger_timeout_ms = 1000
 prewarm = 4
 prewarm_max_age_ms = 1500
 backend_handshake_timeout_ms = 5000
+max_backend_connections = 50
+pool_idle_timeout_ms = 30000
+pool_max_age_ms = 600000
+pool_ping_after_ms = 2000
+pool_wait_timeout_ms = 4000
+auth_failure_delay_ms = 250
 
 [runtime]
 workers = 2
@@ -74,7 +81,45 @@ send_high_water = "2MiB"
 
 [log]
 level = "warn"
+
+[monitor]
+user = "ringproxy_monitor"
+password = "monitor secret"
+users_refresh_ms = 2000
+
+[[users]]
+name = "app"
+password = "app secret"
+default_schema = "app"
+max_connections = 100
+
+[[users]]
+name = "reporting"
+password = "*5bcb3e6ac345b435c7c2e6b7949a04ce6f6563d3"
+active = false
 "#;
+
+/// The keys of pooled mode in GOOD's `[proxy]` table.
+const POOLED_PROXY_KEYS: &[&str] = &[
+    "pooled_listen",
+    "max_backend_connections",
+    "pool_idle_timeout_ms",
+    "pool_max_age_ms",
+    "pool_ping_after_ms",
+    "pool_wait_timeout_ms",
+    "auth_failure_delay_ms",
+];
+
+/// GOOD without pooled mode: its pass-through keys only (no pooled keys, `[monitor]` or users).
+fn good_pass_through() -> String {
+    let before_monitor = GOOD.split("\n[monitor]").next().unwrap();
+    let lines = before_monitor.lines().filter(|line| {
+        !POOLED_PROXY_KEYS
+            .iter()
+            .any(|key| line.starts_with(&format!("{key} = ")))
+    });
+    lines.map(|line| format!("{line}\n")).collect()
+}
 
 #[test]
 fn good_file_prints_the_effective_configuration() {
@@ -105,10 +150,153 @@ fn good_file_prints_the_effective_configuration() {
         "buffer_count = 256",
         "send_high_water = \"2MiB\"",
         "level = \"warn\"",
+        "pooled_listen = [\"127.0.0.1:16034\", \"127.0.0.1:16035\"]",
+        "max_backend_connections = 50",
+        "pool_idle_timeout_ms = 30000",
+        "pool_max_age_ms = 600000",
+        "pool_ping_after_ms = 2000",
+        "pool_wait_timeout_ms = 4000",
+        "auth_failure_delay_ms = 250",
+        "monitor.user = \"ringproxy_monitor\"",
+        "monitor.password = \"monitor secret\"",
+        "users_refresh_ms = 2000",
+        "\n[[users]]\nname = \"app\"\npassword = \"app secret\"\ndefault_schema = \"app\"\n\
+         max_connections = 100\nactive = true\n",
+        "\n[[users]]\nname = \"reporting\"\npassword = \"*5BCB3E6AC345B435C7C2E6B7949A04CE6F6563D3\"\n\
+         max_connections = 0\nactive = false\n",
     ] {
         assert!(summary.contains(line), "missing {line:?} in:\n{summary}");
     }
+    // One line per key (the pass-through keys fit one 24-line screen, see
+    // `pass_through_summary_fits_one_screen`; pooled mode adds its 10), then the users.
+    let (keys, users) = summary
+        .split_once("\n\n[[users]]")
+        .expect("users at the end");
+    assert!(
+        keys.lines().count() <= 24 + 10,
+        "one line per key:\n{summary}"
+    );
+    assert_eq!(users.matches("[[users]]").count(), 1, "{summary}");
+}
+
+#[test]
+fn pass_through_summary_fits_one_screen() {
+    let file = config_file(&good_pass_through());
+    let out = run(&["--config", path_of(&file), "--check-config"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let summary = stdout(&out);
+    assert!(
+        summary.contains("listen = [\"127.0.0.1:16033\"]"),
+        "{summary}"
+    );
     assert!(summary.lines().count() <= 24, "one screen:\n{summary}");
+    // Pooled mode's keys stay out while they hold their defaults and no pooled listener is set.
+    for key in POOLED_PROXY_KEYS
+        .iter()
+        .chain(&["monitor", "users", "pool"])
+    {
+        assert!(!summary.contains(key), "{key} in:\n{summary}");
+    }
+}
+
+#[test]
+fn pooled_listen_alone_means_no_pass_through_listener() {
+    let out = run(&[
+        "--pooled-listen",
+        "127.0.0.1:6034",
+        "--backend=127.0.0.1:3306",
+        "--check-config",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let summary = stdout(&out);
+    for line in [
+        "\nproxy.listen = []\n",
+        "\nproxy.pooled_listen = [\"127.0.0.1:6034\"]\n",
+        "\nproxy.max_backend_connections = 100\n",
+        "\nproxy.pool_idle_timeout_ms = 60000\n",
+        "\nproxy.pool_max_age_ms = 3600000\n",
+        "\nproxy.pool_ping_after_ms = 10000\n",
+        "\nproxy.pool_wait_timeout_ms = 10000\n",
+        "\nproxy.auth_failure_delay_ms = 1000\n",
+        "\nmonitor.users_refresh_ms = 5000\n",
+    ] {
+        assert!(summary.contains(line), "missing {line:?} in:\n{summary}");
+    }
+    assert!(!summary.contains("monitor.user ="), "unset: {summary}");
+    assert!(!summary.contains("monitor.password ="), "unset: {summary}");
+    // And it feeds back.
+    let again = config_file(&summary);
+    let second = run(&["--config", path_of(&again), "--check-config"]);
+    assert_eq!(second.status.code(), Some(0), "stderr: {}", stderr(&second));
+    assert_eq!(stdout(&second), summary);
+}
+
+#[test]
+fn listener_rules_name_the_keys() {
+    let err = refused(&run(&[
+        "--backend=127.0.0.1:3306",
+        "--listen=127.0.0.1:6033,127.0.0.1:6034",
+        "--pooled-listen=127.0.0.1:6034",
+        "--check-config",
+    ]));
+    assert!(
+        err.contains("--pooled-listen: 127.0.0.1:6034 is also in --listen"),
+        "{err}"
+    );
+    let file = config_file("[proxy]\nlisten = []\n");
+    let err = refused(&run(&[
+        "--config",
+        path_of(&file),
+        "--backend=127.0.0.1:3306",
+        "--check-config",
+    ]));
+    assert!(
+        err.contains("proxy.listen: at least one address is required (IP:PORT), here or in proxy.pooled_listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn users_and_the_monitor_account_are_checked() {
+    let err = refused(&run(&[
+        "--backend=127.0.0.1:3306",
+        "--monitor-user=monitor",
+        "--check-config",
+    ]));
+    assert!(
+        err.contains("monitor.password: missing: --monitor-user is set"),
+        "{err}"
+    );
+    let user = "[[users]]\nname = \"a\"\npassword = \"x\"\n";
+    for (users, expected) in [
+        (
+            format!("{user}[[users]]\nname = \"b\"\npasword = \"x\"\n"),
+            "unknown key \"users[1].pasword\" in ",
+        ),
+        (
+            format!("{user}{user}"),
+            "users[1].name: \"a\" is already the name of users[0]",
+        ),
+        (
+            "[[users]]\nname = \"a\"\npassword = \"*ABCDEF\"\n".to_owned(),
+            "users[0].password: starts with \"*\" but is not a mysql_native_password hash",
+        ),
+        (
+            "[[users]]\nname = \"a\"\npassword = \"x\"\nmax_connections = \"ten\"\n".to_owned(),
+            "users[0].max_connections: ",
+        ),
+    ] {
+        let file = config_file(&users);
+        let err = refused(&run(&[
+            "--config",
+            path_of(&file),
+            "--backend=127.0.0.1:3306",
+            "--pooled-listen=127.0.0.1:6034",
+            "--check-config",
+        ]));
+        assert!(err.contains(expected), "{users}: {err}");
+        assert!(!err.contains("ABCDEF"), "a password is never echoed: {err}");
+    }
 }
 
 #[test]
@@ -262,6 +450,48 @@ fn out_of_range_values_name_the_key() {
             "[proxy]\nprewarm_max_age_ms = 9000\n",
             "proxy.prewarm_max_age_ms",
         ),
+        (
+            "[proxy]\npooled_listen = [\"127.0.0.1:99999\"]\n",
+            "proxy.pooled_listen",
+        ),
+        (
+            "[proxy]\nmax_backend_connections = 0\n",
+            "proxy.max_backend_connections",
+        ),
+        (
+            "[proxy]\nmax_backend_connections = 100001\n",
+            "proxy.max_backend_connections",
+        ),
+        (
+            "[proxy]\npool_idle_timeout_ms = 86400001\n",
+            "proxy.pool_idle_timeout_ms",
+        ),
+        (
+            "[proxy]\npool_max_age_ms = 86400001\n",
+            "proxy.pool_max_age_ms",
+        ),
+        (
+            "[proxy]\npool_ping_after_ms = 86400001\n",
+            "proxy.pool_ping_after_ms",
+        ),
+        (
+            "[proxy]\npool_wait_timeout_ms = 0\n",
+            "proxy.pool_wait_timeout_ms",
+        ),
+        (
+            "[proxy]\nauth_failure_delay_ms = 60001\n",
+            "proxy.auth_failure_delay_ms",
+        ),
+        (
+            "[monitor]\nusers_refresh_ms = 99\n",
+            "monitor.users_refresh_ms",
+        ),
+        ("[monitor]\nuser = \"\"\npassword = \"x\"\n", "monitor.user"),
+        ("[monitor]\nuser = \"m\"\n", "monitor.password"),
+        (
+            "[[users]]\nname = \"a\"\npassword = \"*XYZ\"\n",
+            "users[0].password",
+        ),
     ] {
         let file = config_file(toml);
         let out = run(&[
@@ -372,6 +602,16 @@ fn help_lists_the_mysql_proxy_aliases() {
         "--prewarm-max-age-ms",
         "--backend-handshake-timeout-ms",
         "--backend-source",
+        "--pooled-listen",
+        "--max-backend-connections",
+        "--pool-idle-timeout-ms",
+        "--pool-max-age-ms",
+        "--pool-ping-after-ms",
+        "--pool-wait-timeout-ms",
+        "--auth-failure-delay-ms",
+        "--monitor-user",
+        "--monitor-password",
+        "--users-refresh-ms",
         "--check-config",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
