@@ -1,6 +1,7 @@
 //! Authentication plugins, client side: the answers to a server's challenge for
-//! `mysql_native_password`, the fast path of `caching_sha2_password` and MariaDB's
-//! `client_ed25519`; and the server-side check of a native answer against a stored hash. Pure
+//! `mysql_native_password` (from the password or from its stage1 `SHA1(pw)`), the fast path of
+//! `caching_sha2_password` and MariaDB's `client_ed25519`; and the server-side check of a native
+//! answer against a stored hash (the rest of the server side is in [`super::auth_server`]). Pure
 //! functions: no I/O, no state.
 
 use ed25519_dalek::hazmat::{raw_sign, ExpandedSecretKey};
@@ -52,7 +53,13 @@ pub fn native_password_scramble(password: &[u8], nonce: &[u8]) -> Vec<u8> {
     if password.is_empty() {
         return Vec::new();
     }
-    let stage1 = Sha1::digest(password);
+    native_password_from_stage1(&Sha1::digest(password).into(), nonce)
+}
+
+/// mysql_native_password's answer from the password's stage1 `SHA1(pw)` alone (what a server-side
+/// check recovers from a client's answer, see [`super::auth_server::native_stage1`]):
+/// `stage1 XOR SHA1(nonce ++ SHA1(stage1))`.
+pub fn native_password_from_stage1(stage1: &[u8; 20], nonce: &[u8]) -> Vec<u8> {
     let stage2 = Sha1::digest(stage1);
     let mut h = Sha1::new();
     h.update(&nonce[..nonce.len().min(20)]);
@@ -63,20 +70,15 @@ pub fn native_password_scramble(password: &[u8], nonce: &[u8]) -> Vec<u8> {
 
 /// The server side of mysql_native_password: does `answer` to `nonce` match the stored
 /// `SHA1(SHA1(pw))` (the `mysql.user` hash without its `*` and hex)? An empty answer matches
-/// an empty password only (`stored` empty).
+/// an empty password only (`stored` empty). Constant-time.
 pub fn native_password_matches(stored: &[u8], nonce: &[u8], answer: &[u8]) -> bool {
     if stored.is_empty() || answer.is_empty() {
         return stored.is_empty() && answer.is_empty();
     }
-    if answer.len() != 20 || stored.len() != 20 {
-        return false;
+    match <&[u8; 20]>::try_from(stored) {
+        Ok(stage2) => super::auth_server::native_stage1(answer, nonce, stage2).is_some(),
+        Err(_) => false,
     }
-    let mut h = Sha1::new();
-    h.update(&nonce[..nonce.len().min(20)]);
-    h.update(stored);
-    let mask = h.finalize();
-    let stage1: Vec<u8> = answer.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect();
-    Sha1::digest(&stage1).as_slice() == stored
 }
 
 /// MariaDB's client_ed25519 answer: the Ed25519 signature of the server's 32-byte nonce with
