@@ -21,6 +21,9 @@ pub struct PacketHead<'a> {
     /// Where this packet's header starts in the chunk being fed; `None` when it started in an
     /// earlier chunk.
     pub at: Option<usize>,
+    /// Where this packet's header starts in the whole stream (bytes fed before it), so a caller
+    /// can find its payload in the chunks that carry it.
+    pub start: u64,
 }
 
 use std::borrow::Cow;
@@ -183,6 +186,10 @@ pub struct PacketStream {
     seq: u8,
     /// Payload bytes of the current packet seen so far.
     payload_seen: u32,
+    /// Stream offset of the chunk being fed (bytes fed before it).
+    base: u64,
+    /// Stream offset of the current packet's header.
+    start: u64,
 }
 
 impl Default for PacketStream {
@@ -202,13 +209,30 @@ impl PacketStream {
             len: 0,
             seq: 0,
             payload_seen: 0,
+            base: 0,
+            start: 0,
         }
+    }
+
+    /// Bytes fed so far: the stream offset of the next byte.
+    pub fn position(&self) -> u64 {
+        self.base
     }
 
     /// Feed the next chunk of the stream. Calls `on_packet` once per physical packet, in stream
     /// order, as soon as its header and first `min(len, HEAD_CAP)` payload bytes have been seen.
     /// Stops at and returns the first error `on_packet` returns (the state is then unspecified).
     pub fn feed<E>(
+        &mut self,
+        chunk: &[u8],
+        on_packet: impl FnMut(PacketHead<'_>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let r = self.feed_chunk(chunk, on_packet);
+        self.base += chunk.len() as u64;
+        r
+    }
+
+    fn feed_chunk<E>(
         &mut self,
         chunk: &[u8],
         mut on_packet: impl FnMut(PacketHead<'_>) -> std::result::Result<(), E>,
@@ -222,10 +246,11 @@ impl PacketStream {
                 if let Some(h) = header_at(input, 0) {
                     let want = (h.len as usize).min(HEAD_CAP);
                     if let Some(head) = input.get(HEADER_LEN..HEADER_LEN + want) {
+                        let at = chunk.len() - input.len();
+                        self.start = self.base + at as u64;
                         self.start_packet(h);
                         self.reported = true;
-                        let at = Some(chunk.len() - input.len());
-                        on_packet(self.head_view(head, at))?;
+                        on_packet(self.head_view(head, Some(at)))?;
                         let avail = input.len() - HEADER_LEN;
                         let take = avail.min(h.len as usize);
                         input = &input[HEADER_LEN + take..];
@@ -239,7 +264,9 @@ impl PacketStream {
                 }
             }
             if self.header_seen == 0 {
-                start_at = Some(chunk.len() - input.len());
+                let at = chunk.len() - input.len();
+                start_at = Some(at);
+                self.start = self.base + at as u64;
             }
             if self.header_seen < HEADER_LEN as u8 {
                 let have = self.header_seen as usize;
@@ -274,6 +301,7 @@ impl PacketStream {
                     head,
                     continuation: self.continuation,
                     at: start_at,
+                    start: self.start,
                 })?;
             }
             let left = (self.len - self.payload_seen) as usize;
@@ -305,6 +333,7 @@ impl PacketStream {
             head,
             continuation: self.continuation,
             at,
+            start: self.start,
         }
     }
 
@@ -333,6 +362,7 @@ impl PacketStream {
             (Err(None), Some((Some(at), continuation))) => {
                 *self = PacketStream::new();
                 self.next_continuation = continuation;
+                self.base = before.base + at as u64;
                 Ok(Fed::StoppedAt(at))
             }
             (Err(None), _) => {
@@ -346,6 +376,30 @@ impl PacketStream {
         if self.header_seen as usize == HEADER_LEN && self.payload_seen == self.len {
             self.header_seen = 0;
         }
+    }
+
+    /// Where the last packet fed began, when its header or head is not complete yet (it has not
+    /// been reported).
+    pub fn unreported_start(&self) -> Option<u64> {
+        // `reported` belongs to the previous packet until this one's header is complete.
+        let partial_header = self.header_seen > 0 && (self.header_seen as usize) < HEADER_LEN;
+        let partial_head = self.header_seen as usize == HEADER_LEN && !self.reported;
+        (partial_header || partial_head).then_some(self.start)
+    }
+
+    /// Forgets the packet [`PacketStream::unreported_start`] names, as if its bytes had not been
+    /// fed: they are to be fed again, with what follows them.
+    pub fn rewind_unreported(&mut self) {
+        let Some(start) = self.unreported_start() else {
+            return;
+        };
+        if self.header_seen as usize == HEADER_LEN {
+            // `start_packet` ran: undo its shift of the continuation flags.
+            self.next_continuation = self.continuation;
+        }
+        self.header_seen = 0;
+        self.payload_seen = 0;
+        self.base = start;
     }
 
     /// True when the bytes fed so far end exactly at a packet end (or nothing was fed).
@@ -374,6 +428,34 @@ impl PacketStream {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn packets_report_their_stream_offsets_whatever_the_chunking() {
+        let mut wire = Vec::new();
+        let mut starts = Vec::new();
+        for (i, len) in [0usize, 3, 70, 200, 1].iter().enumerate() {
+            starts.push(wire.len() as u64);
+            write_packet(&mut wire, i as u8, &vec![9; *len]);
+        }
+        for cut in [1usize, 2, 3, 5, 7, 64, 1000] {
+            let mut s = PacketStream::new();
+            let mut seen = Vec::new();
+            for chunk in wire.chunks(cut) {
+                s.feed(chunk, |p| {
+                    seen.push(p.start);
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            }
+            assert_eq!(seen, starts, "chunks of {cut}");
+            assert_eq!(s.position(), wire.len() as u64);
+        }
+        // A stop rewinds the offset too.
+        let mut s = PacketStream::new();
+        let fed = s.feed_until(&wire, |p| Ok::<bool, ()>(p.seq < 2)).unwrap();
+        assert_eq!(fed, Fed::StoppedAt(starts[2] as usize));
+        assert_eq!(s.position(), starts[2]);
+    }
 
     #[test]
     fn header_round_trip() {

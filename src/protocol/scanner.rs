@@ -1638,6 +1638,7 @@ mod tests {
                 head: &[1, 7],
                 continuation: false,
                 at: None,
+                start: 0,
             });
             assert!(matches!(e, Err(ProtoError::Malformed { .. })), "{e:?}");
         }
@@ -1706,6 +1707,7 @@ mod tests {
             head: &[0, 1, 0, 0, 0],
             continuation: false,
             at: None,
+            start: 0,
         });
         assert_eq!(e, Err(ProtoError::truncated("prepare-OK")));
     }
@@ -1876,6 +1878,7 @@ mod tests {
             head: &ok(AC),
             continuation: false,
             at: None,
+            start: 0,
         });
         assert!(
             matches!(e, Err(ProtoError::Unexpected { state: "idle", .. })),
@@ -2070,6 +2073,7 @@ mod tests {
                 head,
                 continuation: false,
                 at: None,
+                start: 0,
             });
             assert_eq!(e, Err(ProtoError::truncated(what)), "{head:?}");
         }
@@ -2080,6 +2084,7 @@ mod tests {
             head: &[],
             continuation: false,
             at: None,
+            start: 0,
         });
         assert_eq!(e, Err(ProtoError::truncated("command byte")));
         let e = t.on_server_packet(&PacketHead {
@@ -2088,6 +2093,7 @@ mod tests {
             head: &[],
             continuation: false,
             at: None,
+            start: 0,
         });
         assert_eq!(e, Err(ProtoError::truncated("response packet")));
     }
@@ -2101,6 +2107,7 @@ mod tests {
             head: &[COM_PING],
             continuation: false,
             at: None,
+            start: 0,
         };
         let stats = PacketHead {
             head: &[COM_STATISTICS],
@@ -2120,6 +2127,7 @@ mod tests {
             head: &okp,
             continuation: false,
             at: None,
+            start: 0,
         };
         let text = PacketHead {
             len: 5,
@@ -2127,6 +2135,7 @@ mod tests {
             head: b"Up 9",
             continuation: false,
             at: None,
+            start: 0,
         };
         for i in 0..100 {
             let p = if i == 70 { &text } else { &sp };
@@ -2149,6 +2158,7 @@ mod tests {
             head: &[COM_PING],
             continuation: false,
             at: None,
+            start: 0,
         };
         for _ in 0..MAX_PENDING {
             t.on_client_packet(&p).unwrap();
@@ -2777,7 +2787,7 @@ mod tests {
             let mut t = ResponseTracker::new(caps);
             for (client, len, head, continuation) in packets {
                 let head = &head[..head.len().min(len as usize)];
-                let p = PacketHead { len, seq: 0, head, continuation, at: None };
+                let p = PacketHead { len, seq: 0, head, continuation, at: None, start: 0 };
                 let _ = if client { t.on_client_packet(&p).map(|_| ()) } else { t.on_server_packet(&p).map(|_| ()) };
                 prop_assert!(t.pending() <= 40);
             }
