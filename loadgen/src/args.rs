@@ -392,6 +392,7 @@ pub fn plan(workload: Workload, a: &LoadArgs, cores: usize, slots: u32) -> Resul
         cred: Credentials {
             user: a.user.clone(),
             password: a.password.clone(),
+            stage1: None,
             db: (!a.db.is_empty()).then(|| a.db.clone()),
         },
         connections,

@@ -72,6 +72,7 @@ impl Replies {
             head,
             continuation: false,
             at: None,
+            start: 0,
         })?;
         Ok(())
     }

@@ -15,6 +15,8 @@ pub enum Action {
     SendBackend(Vec<u8>),
     /// Send bytes `from..to` of the input being stepped to the other side, as they are.
     Forward { from: usize, to: usize },
+    /// Send these bytes to the other side (bytes the machine held back or rewrote).
+    SendPeer(Vec<u8>),
     /// (backend) The greeting arrived and is kept: the connection is ready for a client.
     Greeting,
     /// (client) The handshake response went to the backend: it relays the authentication now,

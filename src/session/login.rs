@@ -36,6 +36,9 @@ const MAX_LOGIN_BYTES: usize = 64 * 1024;
 pub struct Credentials {
     pub user: String,
     pub password: String,
+    /// SHA1(password), when only that is known (a pooling proxy learns it from a client's
+    /// mysql_native_password login): enough for mysql_native_password, and used then.
+    pub stage1: Option<[u8; 20]>,
     /// Default schema; `None` sends no CLIENT_CONNECT_WITH_DB.
     pub db: Option<String>,
 }
@@ -87,6 +90,9 @@ pub struct Login {
     state: LoginState,
     plugin: Plugin,
     caps: u32,
+    /// Capabilities asked for (each only if the server offers it), and the character set.
+    want: u32,
+    charset: u8,
 }
 
 impl Default for Login {
@@ -97,11 +103,29 @@ impl Default for Login {
 
 impl Login {
     pub fn new() -> Login {
+        Login::with_capabilities(CLIENT_WANT, CHARSET)
+    }
+
+    /// A login asking for `want` (protocol 4.1, secure connection and plugin auth are always
+    /// asked) with character set `charset`.
+    pub fn with_capabilities(want: u32, charset: u8) -> Login {
         Login {
             buf: Vec::new(),
             state: LoginState::Greeting,
             plugin: Plugin::Native,
             caps: 0,
+            want: want | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH,
+            charset,
+        }
+    }
+
+    /// The answer to `nonce` for the plugin in use.
+    fn answer(&self, cred: &Credentials, nonce: &[u8]) -> Vec<u8> {
+        match (self.plugin, cred.stage1) {
+            (Plugin::Native, Some(stage1)) => {
+                crate::protocol::auth::native_password_from_stage1(&stage1, nonce)
+            }
+            (plugin, _) => plugin.scramble(cred.password.as_bytes(), nonce),
         }
     }
 
@@ -163,7 +187,7 @@ impl Login {
                         "the server does not speak protocol 4.1".into(),
                     ));
                 }
-                let mut caps = CLIENT_WANT & g.capabilities;
+                let mut caps = self.want & g.capabilities;
                 if cred.db.is_some() {
                     caps |= CLIENT_CONNECT_WITH_DB & g.capabilities;
                 }
@@ -172,13 +196,11 @@ impl Login {
                     .auth_plugin_name
                     .and_then(Plugin::from_name)
                     .unwrap_or(Plugin::Native);
-                let auth = self
-                    .plugin
-                    .scramble(cred.password.as_bytes(), &g.scramble());
+                let auth = self.answer(cred, &g.scramble());
                 let resp = HandshakeResponse41 {
                     capabilities: caps,
                     max_packet_size: 1 << 24,
-                    charset: CHARSET,
+                    charset: self.charset,
                     mariadb_ext_capabilities: 0,
                     username: cred.user.as_bytes(),
                     auth_response: &auth,
@@ -214,7 +236,7 @@ impl Login {
                         }
                         _ => sw.plugin_data,
                     };
-                    let auth = plugin.scramble(cred.password.as_bytes(), data);
+                    let auth = self.answer(cred, data);
                     write_packet(out, seq.wrapping_add(1), &auth);
                     Ok(false)
                 }
@@ -256,6 +278,7 @@ mod tests {
         Credentials {
             user: "app".into(),
             password: "pw".into(),
+            stage1: None,
             db: Some("app".into()),
         }
     }

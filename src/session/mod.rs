@@ -19,7 +19,10 @@ pub mod action;
 pub mod backend;
 pub mod client;
 pub mod login;
+pub mod pool;
 pub mod proxy;
+pub mod relay;
+pub mod state;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

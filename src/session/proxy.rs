@@ -343,6 +343,10 @@ impl Proxy {
                 }
                 self.send_owned(io, bsock, csock, v)
             }
+            Action::SendPeer(v) => match from {
+                From::Client(_) => self.send_owned(io, bsock, csock, v),
+                From::Backend(_) => self.send_owned(io, csock, bsock, v),
+            },
             Action::Forward { from: f, to } => {
                 let (dst, producer) = match from {
                     From::Client(_) => (bsock, csock),

@@ -257,6 +257,7 @@ impl SimClient {
         Credentials {
             user: "app".into(),
             password: PASSWORD.into(),
+            stage1: None,
             db: None,
         }
     }

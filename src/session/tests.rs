@@ -470,6 +470,7 @@ fn responses_are_tracked_and_forwarded_whole() {
         head: &q[4..],
         continuation: false,
         at: Some(0),
+        start: 0,
     };
     b.client_packet(&head).unwrap();
     assert_eq!(b.phase(), backend::Phase::Busy);
