@@ -17,7 +17,10 @@
 //!
 //! The users of pooled listeners are not keys but a list of records, the `[[users]]` array of
 //! tables (file only, no flags): [`UserConfig`], read by `parse_users`, shown by the summary as
-//! `[[users]]` tables after every key.
+//! `[[users]]` tables after every key. A user's `password` ([`Secret`]) is the cleartext, a
+//! mysql_native_password hash (`*` and 40 hex digits) or a caching_sha2_password hash (`$A$…`,
+//! as MySQL 8's `mysql.user.authentication_string` holds it); `default_hostgroup` accepts only
+//! 0 (all backends) until hostgroups exist.
 //!
 //! Errors ([`ConfigError`]) always name the offending key: its TOML path (`proxy.listen`,
 //! `users[2].password`) when the value came from the file or a default, its flag (`--listen`) when
@@ -33,6 +36,8 @@ use clap::{
 };
 use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+
+use crate::protocol::auth_server::Stored;
 
 /// Fixed-file slots each worker keeps back from client connections: for the listener and for
 /// accepting a connection only to refuse it (over `max_connections`) with a proper error packet.
@@ -1378,17 +1383,25 @@ const USER_KEYS: &[&str] = &[
     "default_schema",
     "max_connections",
     "active",
+    "default_hostgroup",
 ];
 
 /// Hex digits of a mysql_native_password hash (after its `*`).
 const NATIVE_HASH_HEX_DIGITS: usize = 40;
+
+/// How a caching_sha2_password hash starts (`mysql.user.authentication_string` of MySQL 8).
+const SHA2_CRYPT_PREFIX: &str = "$A$";
+
+/// Bytes of a caching_sha2_password hash: `$A$`, 3 hex digits, `$`, 20-byte salt, 43-char digest.
+const SHA2_CRYPT_BYTES: usize = 3 + 3 + 1 + 20 + 43;
 
 /// A user of the pooled listeners, from a `[[users]]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserConfig {
     /// The account name clients log in with (`name`, required, not empty, unique).
     pub name: String,
-    /// The account's password (`password`, required).
+    /// The account's password (`password`, required): the cleartext, a mysql_native_password
+    /// hash or a caching_sha2_password hash (see [`Secret::parse`]).
     pub secret: Secret,
     /// Schema selected at login when the client names none (`default_schema`).
     pub default_schema: Option<String>,
@@ -1396,6 +1409,9 @@ pub struct UserConfig {
     pub max_connections: usize,
     /// Whether the user may log in (`active`, default true).
     pub active: bool,
+    /// The hostgroup the user's queries go to (`default_hostgroup`, default 0). Only hostgroup 0,
+    /// all of `proxy.backends`, exists yet: any other value is refused.
+    pub default_hostgroup: u32,
 }
 
 /// A user's password as the configuration gives it.
@@ -1406,14 +1422,23 @@ pub enum Secret {
     /// mysql_native_password's stored hash, SHA1(SHA1(password)), as MySQL prints it after the
     /// `*` (`SELECT PASSWORD('...')`, `mysql.user.authentication_string`).
     NativeHash([u8; 20]),
+    /// caching_sha2_password's stored hash as MySQL 8 keeps it in
+    /// `mysql.user.authentication_string`: `$A$`, 3 hex digits (rounds / 1000), `$`, a 20-byte
+    /// salt, the 43-character SHA256-crypt digest. The salt may hold any character but must be
+    /// valid UTF-8 to be written in TOML (escapes such as `\u0001` or `\"` are fine there).
+    Sha2Crypt(String),
 }
 
 impl Secret {
     /// Reads a password as written: `*` followed by 40 hex digits (any case) is a
-    /// mysql_native_password hash; any other text not starting with `*` is the cleartext password
-    /// (the empty one included). A text starting with `*` that is not a hash is refused: a
-    /// cleartext password cannot start with `*`.
+    /// mysql_native_password hash; `$A$` followed by the rest of a caching_sha2_password hash
+    /// (70 bytes in all) is that hash; any other text is the cleartext password (the empty one
+    /// included). A text starting with `*` or `$A$` that is not such a hash is refused: a
+    /// cleartext password cannot start with either.
     pub fn parse(text: &str) -> Result<Secret, String> {
+        if text.starts_with(SHA2_CRYPT_PREFIX) {
+            return Secret::parse_sha2_crypt(text);
+        }
         let Some(hex) = text.strip_prefix('*') else {
             return Ok(Secret::Cleartext(text.to_owned()));
         };
@@ -1443,22 +1468,57 @@ impl Secret {
         Ok(Secret::NativeHash(hash))
     }
 
-    /// The password as a configuration file writes it: the cleartext, or `*` and the hash in
-    /// upper-case hex (as MySQL prints it). [`Secret::parse`] reads it back to the same value.
+    /// A text starting with `$A$`: a caching_sha2_password hash, or refused (not echoed).
+    fn parse_sha2_crypt(text: &str) -> Result<Secret, String> {
+        let not_a_hash = "starts with \"$A$\" but is not a caching_sha2_password hash (\"$A$\", \
+                          3 hex digits, \"$\", a 20-byte salt and a 43-character digest, as \
+                          mysql.user.authentication_string holds it; a cleartext password cannot \
+                          start with \"$A$\")";
+        let len = text.len();
+        if len != SHA2_CRYPT_BYTES {
+            return Err(format!(
+                "{not_a_hash}: it is {len} bytes long, not {SHA2_CRYPT_BYTES}"
+            ));
+        }
+        match Stored::from_mysql_user("caching_sha2_password", text.as_bytes()) {
+            Some(Stored::Sha256Crypt(_)) => Ok(Secret::Sha2Crypt(text.to_owned())),
+            _ => Err(format!(
+                "{not_a_hash}: the 3 characters after \"$A$\" must be hex digits (not 000) \
+                 followed by \"$\""
+            )),
+        }
+    }
+
+    /// The password as a configuration file writes it: the cleartext, `*` and the native hash
+    /// in upper-case hex (as MySQL prints it), or the caching_sha2_password hash as it is.
+    /// [`Secret::parse`] reads it back to the same value.
     pub fn as_written(&self) -> String {
         match self {
             Secret::Cleartext(text) => text.clone(),
             Secret::NativeHash(hash) => format!("*{}", hex_upper(hash)),
+            Secret::Sha2Crypt(hash) => hash.clone(),
+        }
+    }
+
+    /// The credential the proxy checks a client's login against.
+    pub fn to_stored(&self) -> Stored {
+        match self {
+            Secret::Cleartext(text) => Stored::Cleartext(text.as_bytes().to_vec()),
+            Secret::NativeHash(hash) => Stored::NativeHash(*hash),
+            Secret::Sha2Crypt(hash) => Stored::Sha256Crypt(hash.clone()),
         }
     }
 }
 
-/// Never the password: `Cleartext(***)`, or the hash's first two bytes (`NativeHash(*2470…)`).
+/// Never the password: `Cleartext(***)`, the native hash's first two bytes
+/// (`NativeHash(*2470…)`), or the caching_sha2 hash's rounds, without salt or digest
+/// (`Sha2Crypt($A$005$…)`).
 impl Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Secret::Cleartext(_) => f.write_str("Cleartext(***)"),
             Secret::NativeHash(hash) => write!(f, "NativeHash(*{}…)", hex_upper(&hash[..2])),
+            Secret::Sha2Crypt(hash) => write!(f, "Sha2Crypt({}…)", hash.get(..7).unwrap_or("")),
         }
     }
 }
@@ -1511,7 +1571,7 @@ impl UserConfig {
             });
         };
         let (mut name, mut password, mut default_schema) = (None, None, None);
-        let (mut max_connections, mut active) = (0u64, true);
+        let (mut max_connections, mut active, mut default_hostgroup) = (0u64, true, 0u64);
         for (key, value) in entries {
             let at = format!("{path}.{key}");
             match key.as_str() {
@@ -1522,6 +1582,7 @@ impl UserConfig {
                 }
                 "max_connections" => max_connections = read_value::<u64>(value, &at, origin)?,
                 "active" => active = read_value::<bool>(value, &at, origin)?,
+                "default_hostgroup" => default_hostgroup = read_value::<u64>(value, &at, origin)?,
                 _ => {
                     return Err(ConfigError::UnknownKey {
                         key: at,
@@ -1544,8 +1605,9 @@ impl UserConfig {
             invalid(
                 "password",
                 format!(
-                    "missing: user {name:?} needs a password (the cleartext, or a \
-                     mysql_native_password hash: \"*\" followed by 40 hex digits)"
+                    "missing: user {name:?} needs a password (the cleartext, a \
+                     mysql_native_password hash: \"*\" followed by 40 hex digits, or a \
+                     caching_sha2_password hash starting with \"$A$\")"
                 ),
             )
         })?;
@@ -1556,12 +1618,22 @@ impl UserConfig {
                 "must not be empty (leave it out for none)".into(),
             ));
         }
+        if default_hostgroup != 0 {
+            return Err(invalid(
+                "default_hostgroup",
+                format!(
+                    "{default_hostgroup} is not a hostgroup: only hostgroup 0 (all backends, \
+                     proxy.backends) exists yet"
+                ),
+            ));
+        }
         Ok(UserConfig {
             name,
             secret,
             default_schema,
             max_connections: to_usize(max_connections),
             active,
+            default_hostgroup: 0,
         })
     }
 
@@ -1575,6 +1647,7 @@ impl UserConfig {
         }
         out += &format!("max_connections = {}\n", self.max_connections);
         out += &format!("active = {}\n", self.active);
+        out += &format!("default_hostgroup = {}\n", self.default_hostgroup);
         out
     }
 }
@@ -3250,6 +3323,7 @@ mod tests {
                     default_schema: None,
                     max_connections: 0,
                     active: true,
+                    default_hostgroup: 0,
                 },
                 UserConfig {
                     name: "reporting".into(),
@@ -3257,6 +3331,7 @@ mod tests {
                     default_schema: Some("sales".into()),
                     max_connections: 20,
                     active: false,
+                    default_hostgroup: 0,
                 },
                 UserConfig {
                     name: "nopass".into(),
@@ -3264,6 +3339,7 @@ mod tests {
                     default_schema: None,
                     max_connections: 0,
                     active: true,
+                    default_hostgroup: 0,
                 },
             ]
         );
@@ -3309,6 +3385,133 @@ mod tests {
         assert_eq!(hash.as_written(), APP_HASH);
         assert_eq!(Secret::parse(&hash.as_written()), Ok(hash));
         assert_eq!(Secret::Cleartext("x".into()).as_written(), "x");
+    }
+
+    /// A caching_sha2_password hash of "app pass" with `salt` (20 bytes), 5000 rounds.
+    fn sha2_hash(salt: &str) -> String {
+        assert_eq!(salt.len(), 20, "{salt:?}");
+        let digest = crate::protocol::auth_server::sha256_crypt(b"app pass", salt.as_bytes(), 5000);
+        format!(
+            "$A$005${salt}{}",
+            String::from_utf8(digest.to_vec()).unwrap()
+        )
+    }
+
+    #[test]
+    fn passwords_may_be_a_caching_sha2_hash() {
+        let hash = sha2_hash("abcdefghij0123456789");
+        let secret = Secret::parse(&hash).unwrap();
+        assert_eq!(secret, Secret::Sha2Crypt(hash.clone()));
+        assert_eq!(secret.as_written(), hash);
+        assert_eq!(Secret::parse(&secret.as_written()), Ok(secret.clone()));
+        let stored = secret.to_stored();
+        assert_eq!(stored, Stored::Sha256Crypt(hash.clone()));
+        assert!(stored.matches_password(b"app pass"));
+        assert!(!stored.matches_password(b"app pas"));
+        // Not the prefix "$A$" at the start: cleartext.
+        for text in ["$A", "$B$005$x", "x$A$005$", " $A$005$abc"] {
+            assert_eq!(
+                Secret::parse(text),
+                Ok(Secret::Cleartext(text.to_owned())),
+                "{text:?}"
+            );
+        }
+        // Salts hold any character: quotes, backslashes, control characters survive the file,
+        // the summary and the round trip.
+        let odd = sha2_hash("a\"b\\c\u{1}d\u{7f}efghij012345");
+        let c = ok(
+            &format!(
+                "{POOLED}[[users]]\nname = \"s\"\npassword = {}\n",
+                toml_string(&odd)
+            ),
+            &[],
+        );
+        assert_eq!(c.users[0].secret, Secret::Sha2Crypt(odd.clone()));
+        assert!(c.users[0].secret.to_stored().matches_password(b"app pass"));
+        let summary = c.summary();
+        assert_eq!(
+            Config::from_layers(file(&summary), &Cli::default(), HOST).unwrap(),
+            c
+        );
+    }
+
+    #[test]
+    fn secrets_become_the_credential_logins_are_checked_against() {
+        assert_eq!(
+            Secret::Cleartext("pw".into()).to_stored(),
+            Stored::Cleartext(b"pw".to_vec())
+        );
+        assert!(Secret::Cleartext(String::new())
+            .to_stored()
+            .is_empty_password());
+        let native = Secret::NativeHash(APP_HASH_BYTES).to_stored();
+        assert_eq!(native, Stored::NativeHash(APP_HASH_BYTES));
+        assert!(native.matches_password(b"app"), "APP_HASH is app's");
+    }
+
+    #[test]
+    fn bad_caching_sha2_hashes_are_refused_clearly_without_echoing_them() {
+        let good = sha2_hash("abcdefghij0123456789");
+        let rest = &good[7..];
+        let long = format!("{good}x");
+        let bad_rounds = format!("$A$00G${rest}");
+        let zero_rounds = format!("$A$000${rest}");
+        let no_dollar = format!("$A$005x{rest}");
+        for (bad, why) in [
+            ("$A$", "it is 3 bytes long, not 70"),
+            (&good[..69], "it is 69 bytes long, not 70"),
+            (long.as_str(), "it is 71 bytes long, not 70"),
+            (bad_rounds.as_str(), "must be hex digits (not 000)"),
+            (zero_rounds.as_str(), "must be hex digits (not 000)"),
+            (no_dollar.as_str(), "followed by \"$\""),
+        ] {
+            let m = user_err(
+                &format!("[[users]]\nname = \"b\"\npassword = {}\n", toml_string(bad)),
+                "users[0].password",
+            );
+            assert!(
+                m.starts_with(
+                    "users[0].password: starts with \"$A$\" but is not a caching_sha2_password \
+                     hash"
+                ),
+                "{m}"
+            );
+            assert!(
+                m.contains("a cleartext password cannot start with \"$A$\""),
+                "{m}"
+            );
+            assert!(m.contains(why), "{bad}: {m}");
+            assert!(!m.contains(&rest[..20]), "the text is not echoed: {m}");
+        }
+    }
+
+    #[test]
+    fn default_hostgroup_is_read_and_only_hostgroup_0_exists() {
+        let user = "[[users]]\nname = \"a\"\npassword = \"x\"\n";
+        assert_eq!(users(user)[0].default_hostgroup, 0);
+        assert_eq!(
+            users(&format!("{user}default_hostgroup = 0\n"))[0].default_hostgroup,
+            0
+        );
+        let m = user_err(
+            &format!("{user}default_hostgroup = 1\n"),
+            "users[0].default_hostgroup",
+        );
+        assert!(
+            m.starts_with("users[0].default_hostgroup: 1 is not a hostgroup"),
+            "{m}"
+        );
+        assert!(
+            m.contains("only hostgroup 0 (all backends, proxy.backends) exists yet"),
+            "{m}"
+        );
+        for (value, what) in [("-1", "non-negative integer"), ("\"0\"", "non-negative")] {
+            let m = user_err(
+                &format!("{user}default_hostgroup = {value}\n"),
+                "users[0].default_hostgroup",
+            );
+            assert!(m.contains(what), "{value}: {m}");
+        }
     }
 
     #[test]
@@ -3361,7 +3564,10 @@ mod tests {
             "{m}"
         );
         assert!(
-            m.contains("`name`, `password`, `default_schema`, `max_connections`, `active`"),
+            m.contains(
+                "`name`, `password`, `default_schema`, `max_connections`, `active`, \
+                 `default_hostgroup`"
+            ),
             "{m}"
         );
         let dup = format!("{user}{b}{user}");
@@ -3463,6 +3669,11 @@ mod tests {
             format!("{:?}", Secret::NativeHash(APP_HASH_BYTES)),
             "NativeHash(*5BCB…)"
         );
+        let hash = sha2_hash("abcdefghij0123456789");
+        assert_eq!(
+            format!("{:?}", Secret::Sha2Crypt(hash.clone())),
+            "Sha2Crypt($A$005$…)"
+        );
         let c = ok(
             &format!(
                 "{POOLED}[monitor]\nuser = \"mon\"\npassword = \"monpass\"\n[[users]]\nname = \"app\"\npassword = \"hunter2\"\n[[users]]\nname = \"b\"\npassword = \"{APP_HASH}\"\n"
@@ -3557,15 +3768,18 @@ mod tests {
             "\nproxy.max_backend_connections = 100\n",
             "\nproxy.pool_max_age_ms = 0\n",
             "\nmonitor.users_refresh_ms = 1000\n",
-            "\n\n[[users]]\nname = \"app\"\npassword = \"app pass\"\ndefault_schema = \"app\"\nmax_connections = 0\nactive = true\n",
-            &format!("\n\n[[users]]\nname = \"reporting\"\npassword = \"{APP_HASH}\"\nmax_connections = 5\nactive = false\n"),
+            "\n\n[[users]]\nname = \"app\"\npassword = \"app pass\"\ndefault_schema = \"app\"\nmax_connections = 0\nactive = true\ndefault_hostgroup = 0\n",
+            &format!("\n\n[[users]]\nname = \"reporting\"\npassword = \"{APP_HASH}\"\nmax_connections = 5\nactive = false\ndefault_hostgroup = 0\n"),
         ] {
             assert!(summary.contains(line), "{line:?} missing:\n{summary}");
         }
         // One line per key after the header, then the users.
         let keys = summary.split("\n\n[[users]]").next().unwrap();
         assert_eq!(keys.lines().count(), 1 + KEYS.len(), "{summary}");
-        assert!(summary.ends_with("active = false\n"), "{summary}");
+        assert!(
+            summary.ends_with("active = false\ndefault_hostgroup = 0\n"),
+            "{summary}"
+        );
         let again = Config::from_layers(file(&summary), &Cli::default(), HOST).unwrap();
         assert_eq!(again, c);
         assert_eq!(again.summary(), summary);

@@ -97,6 +97,11 @@ max_connections = 100
 name = "reporting"
 password = "*5bcb3e6ac345b435c7c2e6b7949a04ce6f6563d3"
 active = false
+
+[[users]]
+name = "analyst"
+password = "$A$005$0123456789abcdefghijX/EGRYgh0z0TXlVoCCMHLQ2mp80BoDTZpoxr6Bcy/m6"
+default_hostgroup = 0
 "#;
 
 /// The keys of pooled mode in GOOD's `[proxy]` table.
@@ -161,9 +166,13 @@ fn good_file_prints_the_effective_configuration() {
         "monitor.password = \"monitor secret\"",
         "users_refresh_ms = 2000",
         "\n[[users]]\nname = \"app\"\npassword = \"app secret\"\ndefault_schema = \"app\"\n\
-         max_connections = 100\nactive = true\n",
+         max_connections = 100\nactive = true\ndefault_hostgroup = 0\n",
         "\n[[users]]\nname = \"reporting\"\npassword = \"*5BCB3E6AC345B435C7C2E6B7949A04CE6F6563D3\"\n\
-         max_connections = 0\nactive = false\n",
+         max_connections = 0\nactive = false\ndefault_hostgroup = 0\n",
+        // A caching_sha2_password hash is printed as it was written.
+        "\n[[users]]\nname = \"analyst\"\n\
+         password = \"$A$005$0123456789abcdefghijX/EGRYgh0z0TXlVoCCMHLQ2mp80BoDTZpoxr6Bcy/m6\"\n\
+         max_connections = 0\nactive = true\ndefault_hostgroup = 0\n",
     ] {
         assert!(summary.contains(line), "missing {line:?} in:\n{summary}");
     }
@@ -176,7 +185,7 @@ fn good_file_prints_the_effective_configuration() {
         keys.lines().count() <= 24 + 10,
         "one line per key:\n{summary}"
     );
-    assert_eq!(users.matches("[[users]]").count(), 1, "{summary}");
+    assert_eq!(users.matches("[[users]]").count(), 2, "{summary}");
 }
 
 #[test]
@@ -284,6 +293,15 @@ fn users_and_the_monitor_account_are_checked() {
         (
             "[[users]]\nname = \"a\"\npassword = \"x\"\nmax_connections = \"ten\"\n".to_owned(),
             "users[0].max_connections: ",
+        ),
+        (
+            "[[users]]\nname = \"a\"\npassword = \"$A$005$ABCDEF\"\n".to_owned(),
+            "users[0].password: starts with \"$A$\" but is not a caching_sha2_password hash",
+        ),
+        (
+            "[[users]]\nname = \"a\"\npassword = \"x\"\ndefault_hostgroup = 2\n".to_owned(),
+            "users[0].default_hostgroup: 2 is not a hostgroup: only hostgroup 0 (all backends, \
+             proxy.backends) exists yet",
         ),
     ] {
         let file = config_file(&users);
@@ -491,6 +509,14 @@ fn out_of_range_values_name_the_key() {
         (
             "[[users]]\nname = \"a\"\npassword = \"*XYZ\"\n",
             "users[0].password",
+        ),
+        (
+            "[[users]]\nname = \"a\"\npassword = \"$A$005$XYZ\"\n",
+            "users[0].password",
+        ),
+        (
+            "[[users]]\nname = \"a\"\npassword = \"x\"\ndefault_hostgroup = 1\n",
+            "users[0].default_hostgroup",
         ),
     ] {
         let file = config_file(toml);
