@@ -87,6 +87,46 @@ stats! {
     idle_timeouts,
     /// Times a client's input was held back because its backend had no room for more commands.
     client_stalls,
+    /// Pooled sessions open now, and pooled backend connections open and held by a session
+    /// now (gauges): sessions / held is the multiplexing ratio.
+    pooled_sessions,
+    pooled_conns,
+    pooled_conns_held,
+    /// Pooled logins that succeeded, and that were refused (wrong password, unknown user...).
+    pooled_logins,
+    pooled_login_failures,
+    /// A session got an idle connection already in its state (hit), one it had to change
+    /// (replay), or none (miss: a new connection or a wait).
+    pool_hits,
+    pool_replays,
+    pool_misses,
+    /// Sessions that waited for a connection, and waits that ran out (the query got an error).
+    pool_waits,
+    pool_wait_timeouts,
+    /// Connections reset (COM_RESET_CONNECTION) before going back to the pool, and closed
+    /// instead of pooled (state that cannot be reset, or the pool is past its limits).
+    pool_resets,
+    pool_closes,
+    /// Statements prepared again on a connection that had not seen them (lazy re-prepares),
+    /// and server statements closed to keep a connection under its bound.
+    reprepares,
+    stmt_evictions,
+    /// User-variable read-backs after statements that assigned them.
+    user_var_reads,
+    /// Commands after which the session kept its connection, by reason.
+    pin_transaction,
+    pin_autocommit,
+    pin_locks,
+    pin_temp_table,
+    pin_text_prepare,
+    pin_cursor,
+    pin_long_data,
+    pin_warnings,
+    pin_found_rows,
+    pin_untracked,
+    pin_other,
+    /// Sessions that fell back to pass-through (a plugin the proxy cannot verify).
+    pooled_passthrough,
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use crate::config::Config;
 use crate::metrics::{SharedStats, WorkerStats};
 use crate::runtime::spawn::{self, Spec};
 use crate::runtime::{placement, ring, MemoryBudget, WorkerConfig};
+use crate::session::pooled::PooledShared;
+use crate::session::users::Users;
 use crate::session::{Proxy, Shared};
 
 /// `e` with `what` in front, for errors that must say what was being done.
@@ -56,16 +58,19 @@ pub fn worker_config(config: &Config, index: usize, fixed_slots: u32) -> WorkerC
 
 /// Starts the workers and blocks until they have all exited; returns their counters.
 pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> io::Result<Vec<Arc<SharedStats>>> {
-    if !config.pooled_listen.is_empty() {
-        return Err(io::Error::other(
-            "pooled listeners (pooled_listen) are not built yet in this version",
-        ));
-    }
-    let mut listen = Vec::with_capacity(config.listen.len());
-    for addr in &config.listen {
+    // Pass-through listeners first, then pooled ones (the workers tell them apart by index).
+    let mut listen = Vec::with_capacity(config.listen.len() + config.pooled_listen.len());
+    for addr in config.listen.iter().chain(&config.pooled_listen) {
         listen.push(placement::claim_listen_addr(addr)?);
     }
-    let shared = Arc::new(Shared::new(config));
+    let mut shared = Shared::new(config);
+    let mut loader = None;
+    if config.pooled_mode() {
+        let users = Users::new(config);
+        loader = users.start_loader(config, Arc::clone(&shutdown));
+        shared.pooled = Some(Arc::new(PooledShared::new(config, users)));
+    }
+    let shared = Arc::new(shared);
     let fixed_slots = crate::config::fixed_file_slots_per_worker();
     let spec = Spec {
         name: "rp-worker".into(),
@@ -99,6 +104,9 @@ pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> io::Result<Vec<Arc<S
         std::thread::sleep(Duration::from_millis(50));
     }
     let result = running.join();
+    if let Some(handle) = loader {
+        let _ = handle.join();
+    }
     if let Some(path) = &config.stats_file {
         write_stats_file(path, &running.stats, started);
     }

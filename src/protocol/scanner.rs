@@ -257,6 +257,12 @@ impl ResponseTracker {
         self.mariadb_caps = ext;
     }
 
+    /// True when the next server packet starts a response (or the next result of one): an OK,
+    /// ERR or prepare-OK there is a status packet, not a row.
+    pub fn at_response_start(&self) -> bool {
+        self.phase == Phase::Start
+    }
+
     /// No command pending, no exchange in progress, no logical packet half-sent either way.
     pub fn is_idle(&self) -> bool {
         self.queue_len == 0

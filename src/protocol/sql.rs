@@ -1887,3 +1887,158 @@ mod tests {
         }
     }
 }
+
+// ----------------------------------------------------------------------- system variables set
+
+/// What the SET statements of `sql` assign to the session's system variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SysVarsSet {
+    /// Session variable names assigned (lowercase; NAMES and CHARACTER SET give the variables
+    /// they set).
+    pub names: Vec<Vec<u8>>,
+    /// Something a name list cannot describe was set (SET [SESSION] TRANSACTION, SET ROLE...).
+    pub opaque: bool,
+}
+
+/// The session system variables SET statements in `sql` assign (global ones are left out).
+pub fn system_vars_set(sql: &[u8]) -> SysVarsSet {
+    let mut out = SysVarsSet::default();
+    let tokens: Vec<Token<'_>> = Lexer::new(sql).map(|s| s.token).collect();
+    for stmt in tokens.split(|t| *t == Token::Punct(b';')) {
+        if let [Token::Word(w), rest @ ..] = stmt {
+            if w.eq_ignore_ascii_case(b"SET") {
+                set_items(rest, &mut out);
+            }
+        }
+    }
+    out.names.sort();
+    out.names.dedup();
+    out
+}
+
+/// The assignments of one SET, split at top-level commas.
+fn set_items(tokens: &[Token<'_>], out: &mut SysVarsSet) {
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        match t {
+            Token::Punct(b'(') => depth += 1,
+            Token::Punct(b')') => depth = depth.saturating_sub(1),
+            Token::Punct(b',') if depth == 0 => {
+                set_item(&tokens[start..i], out);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    set_item(&tokens[start..], out);
+}
+
+fn word_is(t: Option<&Token<'_>>, w: &[u8]) -> bool {
+    matches!(t, Some(Token::Word(x)) if x.eq_ignore_ascii_case(w))
+}
+
+/// One assignment: `[SESSION|LOCAL|GLOBAL] name = …`, `@@[scope.]name = …`, `NAMES …`,
+/// `CHARACTER SET …`, `TRANSACTION …`, `@user = …`.
+fn set_item(item: &[Token<'_>], out: &mut SysVarsSet) {
+    let mut t = item;
+    let mut global = false;
+    while let Some(Token::Word(w)) = t.first() {
+        let scope = [
+            &b"SESSION"[..],
+            b"LOCAL",
+            b"GLOBAL",
+            b"PERSIST",
+            b"PERSIST_ONLY",
+        ];
+        match scope.iter().find(|s| w.eq_ignore_ascii_case(s)) {
+            Some(s) => {
+                global |= !matches!(*s, b"SESSION" | b"LOCAL");
+                t = &t[1..];
+            }
+            None => break,
+        }
+    }
+    const CHARSET_VARS: [&[u8]; 3] = [
+        b"character_set_client",
+        b"character_set_connection",
+        b"character_set_results",
+    ];
+    match t.first() {
+        Some(Token::UserVar { .. }) | None => {}
+        Some(Token::SysVar(raw)) => {
+            let lower = raw.to_ascii_lowercase();
+            if lower.starts_with(b"global.") {
+                return;
+            }
+            let name = lower
+                .strip_prefix(b"session.")
+                .or_else(|| lower.strip_prefix(b"local."))
+                .unwrap_or(&lower);
+            out.names.push(name.to_vec());
+        }
+        Some(Token::Word(w)) if w.eq_ignore_ascii_case(b"NAMES") => {
+            out.names.extend(CHARSET_VARS.iter().map(|v| v.to_vec()));
+            out.names.push(b"collation_connection".to_vec());
+        }
+        Some(Token::Word(w))
+            if w.eq_ignore_ascii_case(b"CHARSET")
+                || (w.eq_ignore_ascii_case(b"CHARACTER") && word_is(t.get(1), b"SET")) =>
+        {
+            out.names.extend(CHARSET_VARS.iter().map(|v| v.to_vec()));
+            out.names.push(b"collation_connection".to_vec());
+        }
+        Some(Token::Word(w))
+            if w.eq_ignore_ascii_case(b"PASSWORD") || w.eq_ignore_ascii_case(b"DEFAULT") => {}
+        Some(Token::Word(w))
+            if w.eq_ignore_ascii_case(b"TRANSACTION") || w.eq_ignore_ascii_case(b"ROLE") =>
+        {
+            out.opaque |= !global;
+        }
+        Some(Token::Word(w)) | Some(Token::Ident(w)) if !global => {
+            out.names.push(w.to_ascii_lowercase())
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod sysvar_tests {
+    use super::*;
+
+    fn names(sql: &str) -> Vec<String> {
+        let s = system_vars_set(sql.as_bytes());
+        s.names
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn set_names_scopes_and_sysvar_forms() {
+        assert_eq!(
+            names("SET sql_mode = 'ANSI', @a = 1, SESSION time_zone = '+01:00'"),
+            ["sql_mode", "time_zone"]
+        );
+        assert_eq!(
+            names("set @@session.Wait_Timeout = 5, @@global.max_connections = 9, GLOBAL x = 1"),
+            ["wait_timeout"]
+        );
+        assert_eq!(
+            names("SET @@sql_select_limit = 10; select 1; set local autocommit = IF(1, 0, 1)"),
+            ["autocommit", "sql_select_limit"]
+        );
+        assert_eq!(names("SET NAMES latin1")[0], "character_set_client");
+        assert_eq!(names("SET CHARACTER SET utf8").len(), 4);
+        assert!(names("SELECT 1").is_empty());
+        assert!(names("SET PASSWORD = 'x'").is_empty());
+    }
+
+    #[test]
+    fn transactions_and_roles_are_opaque() {
+        assert!(system_vars_set(b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").opaque);
+        assert!(system_vars_set(b"SET TRANSACTION READ ONLY").opaque);
+        assert!(!system_vars_set(b"SET GLOBAL TRANSACTION READ ONLY").opaque);
+        assert!(system_vars_set(b"SET ROLE r").opaque);
+    }
+}

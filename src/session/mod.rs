@@ -1,33 +1,49 @@
-//! Sessions: what a client connection and the backend connection serving it do, MySQL Proxy's
-//! pass-through style — the client gets its own backend connection, the server's greeting and
-//! the whole authentication exchange are relayed (so any auth plugin both ends agree on works),
-//! then every command is relayed and the response tracker follows where each response ends.
+//! Sessions: what a client connection and the backend connections serving it do, in two modes.
 //!
+//! Pass-through (MySQL Proxy style): the client gets its own backend connection, the server's
+//! greeting and the whole authentication exchange are relayed (so any auth plugin both ends
+//! agree on works), then every command is relayed and the response tracker follows where each
+//! response ends.
 //! - [`client`]: the client connection's state machine (handshake, auth, commands).
 //! - [`backend`]: the backend connection's state machine (greeting, relayed auth, idle/busy,
 //!   retiring), which owns the response tracker.
-//! - [`action`]: what the machines ask the service to do.
-//! - [`login`]: a client's login to a server, I/O-free (loadgen's and the simulation's clients).
 //! - [`proxy`]: [`Proxy`], the worker's service: the connection tables, the prewarmed backend
-//!   connections, limits and timeouts, and the I/O for the machines' actions.
+//!   connections, limits and timeouts, and the I/O for the machines' actions; it hands pooled
+//!   listeners' events to [`pooled`].
 //!
-//! Connections live in their own generation-checked tables and are named by typed ids; a
-//! client connection points at zero or one backend connection. Both machines are I/O-free
-//! (`bytes/event in → actions out`) and unit-tested on byte literals.
+//! Pooled (ProxySQL style): the proxy authenticates the client and runs its commands on
+//! connections of a per-worker pool, tracking and replaying the session's state.
+//! - [`pooled_client`]: the client side (own greeting, server-side auth, command packets).
+//! - [`pooled_backend`]: a pooled backend connection (login, tracking setup, jobs).
+//! - [`pooled`]: the sessions, the pool and its waiters, pins, and the glue of both.
+//! - [`pool`], [`state`], [`relay`], [`pooled_stmt`], [`users`]: the pool's bookkeeping, session
+//!   state and its replay, the packet relay, prepared statements, and the users pooled
+//!   listeners accept (from the configuration and the backends).
+//!
+//! Shared: [`action`] (what the machines ask the service to do) and [`login`] (a client's login
+//! to a server, I/O-free: the pooled connections', loadgen's and the simulation's).
+//!
+//! Connections live in their own generation-checked tables and are named by typed ids. The
+//! machines are I/O-free (`bytes/event in → actions out`) and unit-tested on byte literals.
 
 pub mod action;
 pub mod backend;
 pub mod client;
 pub mod login;
 pub mod pool;
+pub mod pooled;
+pub mod pooled_backend;
+pub mod pooled_client;
+pub mod pooled_stmt;
 pub mod proxy;
 pub mod relay;
 pub mod state;
+pub mod users;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::runtime::Key;
@@ -38,12 +54,18 @@ pub use proxy::Proxy;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientId(pub Key);
 
-/// A backend connection of this worker.
+/// A backend connection of this worker (pass-through, or pooled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendId(pub Key);
 
+/// A pooled session of this worker (its client connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PooledId(pub Key);
+
 const CLIENT_TAG: u64 = 1 << 56;
 const BACKEND_TAG: u64 = 2 << 56;
+const POOLED_TAG: u64 = 3 << 56;
+const POOLED_CONN_TAG: u64 = 4 << 56;
 const TAG_MASK: u64 = 0xff << 56;
 
 /// Whose a socket (or a timer) is: the token the runtime hands back with its events.
@@ -51,6 +73,10 @@ const TAG_MASK: u64 = 0xff << 56;
 pub enum Owner {
     Client(ClientId),
     Backend(BackendId),
+    /// A pooled session's client connection.
+    Pooled(PooledId),
+    /// A pooled backend connection.
+    PooledConn(BackendId),
 }
 
 impl Owner {
@@ -58,6 +84,8 @@ impl Owner {
         match self {
             Owner::Client(c) => CLIENT_TAG | c.0.pack(),
             Owner::Backend(b) => BACKEND_TAG | b.0.pack(),
+            Owner::Pooled(p) => POOLED_TAG | p.0.pack(),
+            Owner::PooledConn(b) => POOLED_CONN_TAG | b.0.pack(),
         }
     }
 
@@ -66,6 +94,8 @@ impl Owner {
         match token & TAG_MASK {
             CLIENT_TAG => Some(Owner::Client(ClientId(key))),
             BACKEND_TAG => Some(Owner::Backend(BackendId(key))),
+            POOLED_TAG => Some(Owner::Pooled(PooledId(key))),
+            POOLED_CONN_TAG => Some(Owner::PooledConn(BackendId(key))),
             _ => None,
         }
     }
@@ -88,6 +118,8 @@ pub struct Shared {
     pub prewarm: usize,
     pub prewarm_max_age: Duration,
     pub backend_handshake_timeout: Duration,
+    /// Pooled listeners' shared part (None without `pooled_listen`).
+    pub pooled: Option<Arc<pooled::PooledShared>>,
     next_backend: AtomicUsize,
     /// Client connections open across all workers (until their socket is released).
     pub active: AtomicUsize,
@@ -109,6 +141,7 @@ impl Shared {
             prewarm: config.prewarm,
             prewarm_max_age: ms(config.prewarm_max_age_ms),
             backend_handshake_timeout: ms(config.backend_handshake_timeout_ms),
+            pooled: None,
             next_backend: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             sources: Mutex::new(HashMap::new()),
@@ -117,8 +150,13 @@ impl Shared {
 
     /// The next backend, round-robin.
     pub fn pick_backend(&self) -> SocketAddr {
+        self.backends[self.pick_index()]
+    }
+
+    /// The index of the next backend, round-robin.
+    pub fn pick_index(&self) -> usize {
         let i = self.next_backend.fetch_add(1, Ordering::Relaxed);
-        self.backends[i % self.backends.len()]
+        i % self.backends.len()
     }
 
     /// Where backend connections are made from.

@@ -16,6 +16,8 @@ use super::BackendId;
 pub struct PoolKey {
     pub user: Arc<str>,
     pub caps: u32,
+    /// The character set the connection logged in with.
+    pub charset: u8,
 }
 
 /// A session waiting for a connection.
@@ -185,6 +187,7 @@ mod tests {
         PoolKey {
             user: user.into(),
             caps: 7,
+            charset: 45,
         }
     }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use super::action::{Action, End};
 use super::backend::{self, BackendConn};
 use super::client::{self, ClientConn};
+use super::pooled::Pooled;
 use super::{BackendId, ClientId, Owner, RateLimit, Shared};
 use crate::error::{Error, Side};
 use crate::runtime::{BufRef, Io, Service, Slab, SockId};
@@ -62,11 +63,15 @@ pub struct Proxy {
     draining: bool,
     connect_warnings: RateLimit,
     protocol_warnings: RateLimit,
+    /// The pooled sessions and connections (with pooled listeners).
+    pooled: Option<Pooled>,
 }
 
 impl Proxy {
     pub fn new(shared: Arc<Shared>) -> Proxy {
+        let pooled = (shared.pooled.clone()).map(|ps| Pooled::new(shared.clone(), ps));
         Proxy {
+            pooled,
             shared,
             clients: Slab::new(),
             backends: Slab::new(),
@@ -83,7 +88,8 @@ impl Proxy {
 
     /// Client and backend connections open (for tests and the drain).
     pub fn connections(&self) -> (usize, usize) {
-        (self.clients.len(), self.backends.len())
+        let (ps, pc) = self.pooled.as_ref().map_or((0, 0), Pooled::counts);
+        (self.clients.len() + ps, self.backends.len() + pc)
     }
 
     /// Buffers held by stalled clients (for the runtime's invariants check).
@@ -101,6 +107,9 @@ impl Proxy {
 
     /// Checks that clients and backends point at each other, and the prewarm bookkeeping.
     pub fn invariants(&self) -> Result<(), String> {
+        if let Some(p) = &self.pooled {
+            p.invariants()?;
+        }
         for (k, c) in self.clients.iter().filter(|(_, c)| !c.is_closed()) {
             let Some(bid) = c.backend else { continue };
             let back = self.backends.get(bid.0).and_then(|b| b.client);
@@ -825,14 +834,20 @@ impl Service for Proxy {
         self.prewarm(io);
     }
 
-    fn on_accept(&mut self, io: &mut Io, _listener: usize, sock: SockId, peer: Option<SocketAddr>) {
-        match self.admit_error(io, peer) {
-            Some(err) => self.refuse(io, sock, &err),
-            None => self.accept(io, sock, peer),
+    fn on_accept(&mut self, io: &mut Io, listener: usize, sock: SockId, peer: Option<SocketAddr>) {
+        if let Some(err) = self.admit_error(io, peer) {
+            return self.refuse(io, sock, &err);
+        }
+        match self.pooled.as_mut() {
+            Some(p) if p.is_pooled_listener(listener) => p.accept(io, sock, peer),
+            _ => self.accept(io, sock, peer),
         }
     }
 
     fn on_connect(&mut self, io: &mut Io, _sock: SockId, owner: u64, result: io::Result<()>) {
+        if let (Some(Owner::PooledConn(bid)), Some(p)) = (Owner::of(owner), self.pooled.as_mut()) {
+            return p.on_conn_connected(io, bid, result);
+        }
         let Some(Owner::Backend(bid)) = Owner::of(owner) else {
             return;
         };
@@ -876,6 +891,16 @@ impl Service for Proxy {
                 self.client_bytes(io, cid, data, buf);
             }
             Some(Owner::Backend(bid)) => self.backend_bytes(io, bid, data, buf),
+            Some(Owner::Pooled(sid)) => {
+                if let Some(p) = self.pooled.as_mut() {
+                    p.on_client_data(io, sid, data);
+                }
+            }
+            Some(Owner::PooledConn(bid)) => {
+                if let Some(p) = self.pooled.as_mut() {
+                    p.on_conn_data(io, bid, data, buf);
+                }
+            }
             None => {}
         }
     }
@@ -889,6 +914,16 @@ impl Service for Proxy {
                 self.end_session(io, cid, End::Quiet, Side::Client);
             }
             Some(Owner::Backend(bid)) => self.backend_gone(io, bid, error),
+            Some(Owner::Pooled(sid)) => {
+                if let Some(p) = self.pooled.as_mut() {
+                    p.on_client_eof(io, sid);
+                }
+            }
+            Some(Owner::PooledConn(bid)) => {
+                if let Some(p) = self.pooled.as_mut() {
+                    p.on_conn_eof(io, bid, error);
+                }
+            }
             None => {}
         }
     }
@@ -899,6 +934,12 @@ impl Service for Proxy {
         }
         // The producer of this socket's bytes is the other end of its session.
         let producer = match Owner::of(owner) {
+            Some(o @ (Owner::Pooled(_) | Owner::PooledConn(_))) => {
+                if let Some(p) = self.pooled.as_mut() {
+                    p.on_sent(io, o, queued);
+                }
+                None
+            }
             Some(Owner::Client(cid)) => self
                 .clients
                 .get(cid.0)
@@ -920,6 +961,9 @@ impl Service for Proxy {
     }
 
     fn on_released(&mut self, io: &mut Io, _sock: SockId, owner: u64) {
+        if let (Some(Owner::Pooled(sid)), Some(p)) = (Owner::of(owner), self.pooled.as_mut()) {
+            return p.on_released(io, sid);
+        }
         let Some(Owner::Client(cid)) = Owner::of(owner) else {
             return;
         };
@@ -933,6 +977,16 @@ impl Service for Proxy {
         match Owner::of(token) {
             Some(Owner::Client(cid)) => self.client_timer(io, cid),
             Some(Owner::Backend(bid)) => self.backend_timer(io, bid),
+            Some(Owner::Pooled(sid)) => {
+                if let Some(p) = self.pooled.as_mut() {
+                    p.session_timer(io, sid);
+                }
+            }
+            Some(Owner::PooledConn(bid)) => {
+                if let Some(p) = self.pooled.as_mut() {
+                    p.conn_timer(io, bid);
+                }
+            }
             None => {}
         }
     }
@@ -944,6 +998,9 @@ impl Service for Proxy {
 
     fn on_shutdown(&mut self, io: &mut Io) {
         self.draining = true;
+        if let Some(p) = self.pooled.as_mut() {
+            p.shutdown(io);
+        }
         for bid in std::mem::take(&mut self.ready) {
             self.retire_backend(io, bid);
         }
@@ -972,10 +1029,15 @@ impl Service for Proxy {
     }
 
     fn is_drained(&self) -> bool {
-        self.clients.is_empty() && self.backends.is_empty()
+        self.clients.is_empty()
+            && self.backends.is_empty()
+            && self.pooled.as_ref().is_none_or(Pooled::is_empty)
     }
 
     fn abort_all(&mut self, io: &mut Io) {
+        if let Some(p) = self.pooled.as_mut() {
+            p.abort_all(io);
+        }
         for key in self.clients.keys() {
             self.end_session(io, ClientId(key), End::Quiet, Side::Proxy);
         }

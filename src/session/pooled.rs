@@ -1,0 +1,1780 @@
+//! Pooled sessions, ProxySQL style: the proxy authenticates the client itself
+//! ([`PooledClient`]), and runs each of its commands on a backend connection of the worker's
+//! pool ([`PooledBackend`], logged in as the same user), which goes back to the pool after the
+//! response unless the session must keep it. [`Pooled`] is that part of a worker: the sessions,
+//! the pooled connections, the pool and its waiters, the statement registry, and the carrying
+//! out of both machines' actions.
+//!
+//! A session's state (schema, system and user variables, last insert id) is what its last
+//! connection reported through session tracking (and, for user variables, read back after the
+//! statements that assign them); a connection in another state is given the session's state
+//! first ([`SessionState::replay_from`]). A session keeps its connection while something that
+//! cannot be replayed holds (see [`Pins`] and [`Held`]); nothing is refused for it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::action::Action;
+use super::login::Credentials;
+use super::pool::{Limits, Pool, PoolKey, Waiter};
+use super::pooled_backend::{Done, Job, Outcome, Phase as ConnPhase, PooledBackend};
+use super::pooled_client::{Event, Phase as ClientPhase, PooledClient, SHAPING};
+use super::pooled_stmt::{
+    opens_cursor, rewrite_execute, stmt_id, with_stmt_id, SessionStmt, Statements,
+};
+use super::state::SessionState;
+use super::users::Users;
+use super::{BackendId, Owner, PooledId, RateLimit, Shared};
+use crate::error::Error;
+use crate::protocol::auth_server::{Learned, Sha2Cache};
+use crate::protocol::constants::*;
+use crate::protocol::framing::write_packet;
+use crate::protocol::packets::{write_err_packet, write_ok_packet};
+use crate::protocol::sql;
+use crate::runtime::{BufRef, Io, Slab, SockId};
+
+/// Commands a session may have waiting behind the one running before its reading is paused.
+const MAX_QUEUED: usize = 64;
+/// How long a login may wait for the backends' users to be reloaded.
+const LOOKUP_WAIT: Duration = Duration::from_secs(3);
+/// How often a login waiting for a reload checks again.
+const LOOKUP_POLL: Duration = Duration::from_millis(20);
+/// ER_UNKNOWN_STMT_HANDLER.
+const ER_UNKNOWN_STMT_HANDLER: u16 = 1243;
+/// The error a command gets when no connection became free in time (ProxySQL's code for it).
+const ER_POOL_TIMEOUT: u16 = 9001;
+
+/// What the workers share for pooled sessions.
+#[derive(Debug)]
+pub struct PooledShared {
+    pub users: Arc<Users>,
+    pub limits: Limits,
+    pub idle_timeout: Option<Duration>,
+    pub max_age: Option<Duration>,
+    pub ping_after: Duration,
+    pub wait_timeout: Duration,
+    pub failure_delay: Duration,
+    /// Listeners from this index on are pooled ones.
+    pub first_listener: usize,
+    /// Failed logins per client address: count and time of the last.
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    next_conn_id: AtomicU32,
+}
+
+impl PooledShared {
+    pub fn new(config: &crate::config::Config, users: Arc<Users>) -> PooledShared {
+        let ms = Duration::from_millis;
+        let opt = |v: u64| (v > 0).then(|| ms(v));
+        PooledShared {
+            users,
+            limits: Limits::new(config.backends.len(), config.max_backend_connections),
+            idle_timeout: opt(config.pool_idle_timeout_ms),
+            max_age: opt(config.pool_max_age_ms),
+            ping_after: ms(config.pool_ping_after_ms),
+            wait_timeout: ms(config.pool_wait_timeout_ms),
+            failure_delay: ms(config.auth_failure_delay_ms),
+            first_listener: config.listen.len(),
+            failures: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU32::new(1),
+        }
+    }
+
+    /// How long to wait before answering a login from `ip`, after its failures.
+    fn answer_delay(&self, ip: Option<IpAddr>) -> Duration {
+        let Some(ip) = ip else { return Duration::ZERO };
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip) {
+            Some((n, _)) if *n > 0 => self.failure_delay * (1u32 << (n - 1).min(3)),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Records a login's result for its address.
+    fn login_result(&self, ip: Option<IpAddr>, ok: bool, now: Instant) {
+        let Some(ip) = ip else { return };
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            map.remove(&ip);
+            return;
+        }
+        let e = map.entry(ip).or_insert((0, now));
+        *e = (e.0.saturating_add(1), now);
+        if map.len() > 100_000 {
+            // Bounded: forget addresses whose last failure is old.
+            map.retain(|_, (_, t)| now.saturating_duration_since(*t) < Duration::from_secs(600));
+        }
+    }
+}
+
+/// What keeps a session on its connection for good (until the condition ends).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Pins {
+    /// LOCK TABLES / FLUSH ... WITH READ LOCK, until UNLOCK TABLES.
+    locks: bool,
+    /// GET_LOCK (held until the session ends: the proxy does not count locks).
+    get_lock: bool,
+    /// A temporary table was created or dropped.
+    temp_table: bool,
+    /// Text PREPARE.
+    text_prepare: bool,
+    /// The server reported a state change the proxy cannot replay.
+    untracked: bool,
+    /// COM_SET_OPTION, a connection that does not track state, or a failed replay.
+    other: bool,
+}
+
+impl Pins {
+    fn any(&self) -> bool {
+        self.locks
+            || self.get_lock
+            || self.temp_table
+            || self.text_prepare
+            || self.untracked
+            || self.other
+    }
+}
+
+/// Why a session keeps its connection after a command (the first that holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Transaction,
+    Autocommit,
+    Locks,
+    TempTable,
+    TextPrepare,
+    Cursor,
+    LongData,
+    Warnings,
+    FoundRows,
+    Untracked,
+    Other,
+}
+
+/// The command a session runs now.
+#[derive(Debug, Default)]
+struct Running {
+    code: u8,
+    /// The client's sequence id of the command (responses the proxy makes follow it).
+    seq: u8,
+    payload: Vec<u8>,
+    /// The connection is being set up for it (login, ping, replay); the command is not sent.
+    sent: bool,
+    /// The session's state was replayed on the connection for it (once is enough).
+    replayed: bool,
+    /// User variables it assigns (read back after it).
+    vars: Vec<Vec<u8>>,
+    /// Session system variables it sets (read back after it).
+    sysvars: Vec<Vec<u8>>,
+    stmt: Statement,
+    /// A prepare: the client-visible id it gets, and the statement key.
+    prepare: Option<(u32, u64)>,
+    outcome: Option<Outcome>,
+    /// It is the login's check of the backend side (no client command).
+    login: bool,
+}
+
+/// What the proxy read of a COM_QUERY.
+#[derive(Debug, Default, Clone, Copy)]
+struct Statement {
+    lock: bool,
+    unlock: bool,
+    get_lock: bool,
+    temp_table: bool,
+    text_prepare: bool,
+    calc_found_rows: bool,
+    last_insert_id: bool,
+    user_var_write: bool,
+    /// A SET of something the proxy cannot read back (SET TRANSACTION, SET ROLE...).
+    opaque_set: bool,
+}
+
+impl Statement {
+    fn of(sql: &[u8]) -> Statement {
+        let s = sql::classify(sql);
+        Statement {
+            lock: s.lock_tables || s.flush_with_read_lock,
+            unlock: s.unlock_tables,
+            get_lock: s.get_lock,
+            temp_table: s.temporary_table,
+            text_prepare: s.text_prepare,
+            calc_found_rows: s.calc_found_rows,
+            last_insert_id: s.last_insert_id,
+            user_var_write: s.user_var_write,
+            opaque_set: false,
+        }
+    }
+}
+
+/// One pooled session.
+struct Session {
+    sock: SockId,
+    client: PooledClient,
+    key: Option<PoolKey>,
+    cred: Option<Credentials>,
+    /// The user counted against its max_connections.
+    counted: Option<String>,
+    state: SessionState,
+    conn: Option<BackendId>,
+    last_conn: Option<BackendId>,
+    pins: Pins,
+    /// One-command holds from the last command: warnings, SQL_CALC_FOUND_ROWS, transaction
+    /// characteristics.
+    held: Option<Held>,
+    queue: VecDeque<(u8, Vec<u8>)>,
+    running: Option<Running>,
+    stmts: HashMap<u32, SessionStmt>,
+    next_stmt: u32,
+    waiting_since: Option<Instant>,
+    comp_seq: u8,
+    closed: bool,
+    last_active: Instant,
+    /// The login's answer waits until then (earlier failed logins from the address).
+    answer_at: Option<Instant>,
+    /// The login was delayed already.
+    delayed: bool,
+    /// The login waits for the users to be reloaded past this generation, until the deadline.
+    lookup: Option<(u64, Instant)>,
+    /// A reload was waited for already (the next lookup answers whatever it finds).
+    reloaded: bool,
+    /// The state right after the login (what COM_RESET_CONNECTION goes back to).
+    baseline: SessionState,
+}
+
+/// The pooled part of one worker.
+pub struct Pooled {
+    shared: Arc<Shared>,
+    ps: Arc<PooledShared>,
+    sessions: Slab<Session>,
+    conns: Slab<PooledBackend>,
+    pool: Pool<PooledId>,
+    stmts: Statements,
+    sha2: Sha2Cache,
+    server_version: Vec<u8>,
+    warnings: RateLimit,
+    draining: bool,
+}
+
+impl Pooled {
+    pub fn new(shared: Arc<Shared>, ps: Arc<PooledShared>) -> Pooled {
+        let server_version = ps
+            .users
+            .server_version()
+            .unwrap_or_else(|| "8.0.0-ringproxy".into())
+            .into_bytes();
+        Pooled {
+            shared,
+            ps,
+            sessions: Slab::new(),
+            conns: Slab::new(),
+            pool: Pool::new(),
+            stmts: Statements::default(),
+            sha2: Sha2Cache::new(),
+            server_version,
+            warnings: RateLimit::new(Duration::from_secs(5)),
+            draining: false,
+        }
+    }
+
+    pub fn is_pooled_listener(&self, listener: usize) -> bool {
+        listener >= self.ps.first_listener
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.conns.is_empty()
+    }
+
+    pub fn counts(&self) -> (usize, usize) {
+        (self.sessions.len(), self.conns.len())
+    }
+
+    // ---- accepting and logging in ----
+
+    pub fn accept(&mut self, io: &mut Io, sock: SockId, peer: Option<SocketAddr>) {
+        let now = io.now();
+        let mut nonce = [0u8; 20];
+        let mut random = [0u8; 160];
+        if getrandom::fill(&mut random).is_err() {
+            io.close(sock);
+            return;
+        }
+        let mut words = random
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+        nonce.copy_from_slice(&crate::protocol::auth::new_scramble(|| {
+            words.next().unwrap_or(0)
+        }));
+        let conn_id = self.ps.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let client = PooledClient::new(
+            peer,
+            nonce,
+            conn_id,
+            self.shared.max_packet_size as usize,
+            now,
+        );
+        let greeting = client.greeting(&self.server_version);
+        let sid = PooledId(self.sessions.insert(Session {
+            sock,
+            client,
+            key: None,
+            cred: None,
+            counted: None,
+            state: SessionState::default(),
+            conn: None,
+            last_conn: None,
+            pins: Pins::default(),
+            held: None,
+            queue: VecDeque::new(),
+            running: None,
+            stmts: HashMap::new(),
+            next_stmt: 1,
+            waiting_since: None,
+            comp_seq: 0,
+            closed: false,
+            last_active: now,
+            answer_at: None,
+            delayed: false,
+            lookup: None,
+            reloaded: false,
+            baseline: SessionState::default(),
+        }));
+        io.set_owner(sock, Owner::Pooled(sid).token());
+        io.stats.active += 1;
+        io.stats.pooled_sessions += 1;
+        io.send_owned(sock, greeting);
+        io.set_timer(
+            now + self.shared.handshake_timeout,
+            Owner::Pooled(sid).token(),
+        );
+    }
+
+    pub fn on_client_data(&mut self, io: &mut Io, sid: PooledId, data: &[u8]) {
+        let mut events = Vec::new();
+        let Some(s) = self.sessions.get_mut(sid.0).filter(|s| !s.closed) else {
+            return;
+        };
+        s.last_active = io.now();
+        s.client.on_bytes(data, &mut events);
+        for e in events {
+            self.on_event(io, sid, e);
+        }
+        self.drive(io, sid);
+        self.pause_if_full(io, sid);
+    }
+
+    fn on_event(&mut self, io: &mut Io, sid: PooledId, e: Event) {
+        match e {
+            Event::Send(bytes) => self.send_raw(io, sid, bytes),
+            Event::Login => self.lookup(io, sid),
+            Event::Verified(learned) => self.verified(io, sid, learned),
+            Event::Denied => self.denied(io, sid),
+            Event::Packet { seq, payload } => self.client_packet(io, sid, seq, payload),
+            Event::End(err) => self.end_session(io, sid, err),
+        }
+    }
+
+    /// Looks the login's user up; an unknown user waits for a reload of the backends' users
+    /// (if one may happen) before it is refused.
+    fn lookup(&mut self, io: &mut Io, sid: PooledId) {
+        let now = io.now();
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        let delay = self.ps.answer_delay(s.client.peer.map(|p| p.ip()));
+        if delay > Duration::ZERO && !s.delayed {
+            s.delayed = true;
+            s.answer_at = Some(now + delay);
+            io.set_timer(now + delay, Owner::Pooled(sid).token());
+            return;
+        }
+        let Some(login) = s.client.login.clone() else {
+            return;
+        };
+        let ip = s.client.peer.map(|p| p.ip());
+        let entry = self.ps.users.lookup(&login.user, ip);
+        if entry.is_none() && !s.reloaded && self.ps.users.request_refresh() {
+            s.reloaded = true;
+            s.lookup = Some((self.ps.users.generation(), now + LOOKUP_WAIT));
+            io.set_timer(now + LOOKUP_POLL, Owner::Pooled(sid).token());
+            return;
+        }
+        s.lookup = None;
+        let entry = entry.filter(|e| e.active);
+        let stored = entry.as_ref().and_then(|e| e.stored.clone());
+        let cached = stored
+            .as_ref()
+            .and_then(|st| self.sha2.lookup(&login.user, st));
+        let mut fresh = [0u8; 32];
+        let _ = getrandom::fill(&mut fresh);
+        let mut events = Vec::new();
+        s.client.check(stored, cached, &fresh, &mut events);
+        if let Some(e) = entry {
+            let db = login.database.clone().or(e.default_schema.clone());
+            s.cred = Some(Credentials {
+                user: login.user.clone(),
+                password: String::new(),
+                stage1: None,
+                db,
+            });
+            s.key = Some(PoolKey {
+                user: login.user.as_str().into(),
+                caps: login.caps & SHAPING,
+                charset: login.charset,
+            });
+            if e.max_connections > 0 && !self.ps.users.connect(&login.user, e.max_connections) {
+                s.key = None; // refused below, after the password check
+            } else if e.max_connections > 0 {
+                s.counted = Some(login.user.clone());
+            }
+        }
+        for e in events {
+            self.on_event(io, sid, e);
+        }
+    }
+
+    /// The password is right: log in to a backend as the user (through the pool) and select
+    /// the schema; the client gets its OK when that worked.
+    fn verified(&mut self, io: &mut Io, sid: PooledId, learned: Option<Learned>) {
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        let user = s
+            .client
+            .login
+            .as_ref()
+            .map(|l| l.user.clone())
+            .unwrap_or_default();
+        let (Some(cred), Some(_key)) = (s.cred.as_mut(), s.key.as_ref()) else {
+            let msg = format!("User '{user}' has exceeded the 'max_user_connections' resource");
+            let out = s.client.login_error(1226, b"42000", &msg);
+            return self.fail_login(io, sid, out);
+        };
+        match learned {
+            Some(Learned::Password(pw)) => {
+                if let Some(entry) = self.ps.users.lookup(&user, s.client.peer.map(|p| p.ip())) {
+                    if let Some(st) = entry.stored.as_ref() {
+                        self.sha2.remember(&user, st, &pw);
+                    }
+                }
+                cred.password = String::from_utf8_lossy(&pw).into_owned();
+            }
+            Some(Learned::NativeStage1(stage1)) => cred.stage1 = Some(stage1),
+            Some(Learned::Sha2Stage1(_)) | None => {
+                let msg = format!(
+                    "ringproxy cannot log in to the backends as '{user}': its password is checked with a plugin that does not reveal enough to log in for it (ed25519, or caching_sha2 without the password); configure the user's cleartext password in [[users]]"
+                );
+                let out = s.client.login_error(1045, b"28000", &msg);
+                return self.fail_login(io, sid, out);
+            }
+        }
+        let db = cred.db.clone().map(String::into_bytes);
+        s.state.schema = db;
+        s.running = Some(Running {
+            login: true,
+            ..Running::default()
+        });
+        self.acquire(io, sid);
+    }
+
+    /// The login fails with the server's ERR packet `errpkt` (its text and code).
+    fn login_refused(&mut self, io: &mut Io, sid: PooledId, errpkt: &[u8]) {
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        let payload = errpkt.get(HEADER_LEN..).unwrap_or(&[]);
+        let out = match crate::protocol::packets::parse_err(payload, CLIENT_PROTOCOL_41) {
+            Ok(e) => {
+                let state = e.sql_state.unwrap_or(*b"HY000");
+                s.client
+                    .login_error(e.code, &state, &String::from_utf8_lossy(e.message))
+            }
+            Err(_) => {
+                s.client
+                    .login_error(1045, b"28000", "ringproxy: the backend refused the login")
+            }
+        };
+        // Give the connection back (the session never ran anything on it).
+        if let Some(bid) = s.conn.take() {
+            if let Some(b) = self.conns.get_mut(bid.0) {
+                b.session = None;
+            }
+            self.give_back(io, bid, true);
+        }
+        self.fail_login(io, sid, out);
+    }
+
+    fn fail_login(&mut self, io: &mut Io, sid: PooledId, out: Vec<u8>) {
+        io.stats.pooled_login_failures += 1;
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        let ip = s.client.peer.map(|p| p.ip());
+        self.ps.login_result(ip, false, io.now());
+        let sock = s.sock;
+        io.send_owned(sock, out);
+        self.close_session(io, sid, true);
+    }
+
+    fn denied(&mut self, io: &mut Io, sid: PooledId) {
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        // A wrong password may be a password changed on the server since the last reload.
+        self.ps.users.request_refresh();
+        let out = s.client.deny();
+        self.fail_login(io, sid, out);
+    }
+
+    /// The backend side of the login worked: the client is in.
+    fn login_confirmed(&mut self, io: &mut Io, sid: PooledId) {
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        s.running = None;
+        let ok = s.client.accept_login();
+        let sock = s.sock;
+        self.ps
+            .login_result(s.client.peer.map(|p| p.ip()), true, io.now());
+        io.stats.pooled_logins += 1;
+        io.send_owned(sock, ok);
+        self.arm_idle_timer(io, sid);
+    }
+
+    // ---- commands ----
+
+    fn client_packet(&mut self, io: &mut Io, sid: PooledId, seq: u8, payload: Vec<u8>) {
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        // LOAD DATA LOCAL contents go straight to the connection that asked for them.
+        if let Some(bid) = s
+            .conn
+            .filter(|_| s.running.as_ref().is_some_and(|r| r.sent))
+        {
+            if let Some(b) = self.conns.get_mut(bid.0).filter(|b| b.awaits_client_data()) {
+                let mut acts = Vec::new();
+                let r = b.client_data(seq, &payload, &mut acts);
+                self.conn_actions(io, bid, None, &[], acts);
+                if let Err(e) = r {
+                    self.end_session(io, sid, Some(Error::client_protocol(e)));
+                }
+                return;
+            }
+        }
+        s.queue.push_back((seq, payload));
+    }
+
+    fn pause_if_full(&mut self, io: &mut Io, sid: PooledId) {
+        if let Some(s) = self
+            .sessions
+            .get(sid.0)
+            .filter(|s| s.queue.len() >= MAX_QUEUED)
+        {
+            io.pause_read(s.sock);
+        }
+    }
+
+    /// Starts the session's next command if it runs none.
+    fn drive(&mut self, io: &mut Io, sid: PooledId) {
+        loop {
+            let Some(s) = self.sessions.get_mut(sid.0).filter(|s| !s.closed) else {
+                return;
+            };
+            if s.running.is_some() || !s.client.authenticated() {
+                return;
+            }
+            let Some((seq, payload)) = s.queue.pop_front() else {
+                if io.is_paused(s.sock) {
+                    io.resume_read(s.sock);
+                }
+                return;
+            };
+            s.comp_seq = s.client.response_comp_seq();
+            if !self.answer_locally(io, sid, seq, &payload) {
+                self.start_command(io, sid, seq, payload);
+            }
+        }
+    }
+
+    /// Commands the proxy answers itself; true when `payload` was one.
+    fn answer_locally(&mut self, io: &mut Io, sid: PooledId, seq: u8, payload: &[u8]) -> bool {
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return true;
+        };
+        let code = payload.first().copied().unwrap_or(0);
+        match code {
+            COM_QUIT => {
+                self.end_session(io, sid, None);
+                true
+            }
+            COM_PING => {
+                self.reply_ok(io, sid, seq);
+                true
+            }
+            COM_RESET_CONNECTION => {
+                self.reset_session(io, sid);
+                self.reply_ok(io, sid, seq);
+                true
+            }
+            COM_STMT_CLOSE => {
+                if let Some(id) = stmt_id(payload) {
+                    s.stmts.remove(&id);
+                }
+                true
+            }
+            COM_CHANGE_USER => {
+                let msg = "ringproxy: COM_CHANGE_USER is not supported on a pooled listener yet; reconnect as the other user";
+                self.reply_err(io, sid, seq, 1047, b"08S01", msg);
+                true
+            }
+            COM_STMT_EXECUTE | COM_STMT_FETCH | COM_STMT_RESET | COM_STMT_SEND_LONG_DATA => {
+                let known = stmt_id(payload).is_some_and(|id| s.stmts.contains_key(&id));
+                if !known {
+                    let msg = format!(
+                        "Unknown prepared statement handler ({}) given to {}",
+                        stmt_id(payload).unwrap_or(0),
+                        crate::protocol::command::command_name(code)
+                    );
+                    if code != COM_STMT_SEND_LONG_DATA {
+                        self.reply_err(io, sid, seq, ER_UNKNOWN_STMT_HANDLER, b"HY000", &msg);
+                    }
+                    return true;
+                }
+                let held = s.conn.is_some();
+                if code == COM_STMT_RESET && !held {
+                    // Nothing of the statement lives on a connection the session holds.
+                    let id = stmt_id(payload).unwrap_or(0);
+                    if let Some(st) = s.stmts.get_mut(&id) {
+                        st.long_data = false;
+                        st.cursor = false;
+                    }
+                    self.reply_ok(io, sid, seq);
+                    return true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets the session's state, statements and pins; a connection it held is reset and
+    /// pooled.
+    fn reset_session(&mut self, io: &mut Io, sid: PooledId) {
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        s.state = s.baseline.clone();
+        s.stmts.clear();
+        s.held = None;
+        let pinned = s.pins.any();
+        s.pins = Pins::default();
+        if let Some(bid) = s.conn.take() {
+            if let Some(b) = self.conns.get_mut(bid.0) {
+                b.session = None;
+            }
+            self.give_back(io, bid, pinned);
+        }
+    }
+
+    fn start_command(&mut self, io: &mut Io, sid: PooledId, seq: u8, payload: Vec<u8>) {
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        let code = payload.first().copied().unwrap_or(0);
+        let mut run = Running {
+            code,
+            seq,
+            ..Running::default()
+        };
+        if code == COM_QUERY {
+            let sql = &payload[1..];
+            run.stmt = Statement::of(sql);
+            if sql::classify(sql).sets_system_vars {
+                let set = sql::system_vars_set(sql);
+                run.sysvars = set.names;
+                run.stmt.opaque_set = set.opaque;
+            }
+            if run.stmt.user_var_write {
+                run.vars = sql::user_vars_written(sql)
+                    .map(|v| v.into_owned())
+                    .collect();
+                run.vars.sort();
+                run.vars.dedup();
+            }
+        }
+        if code == COM_STMT_PREPARE {
+            let key = self.stmts.key(&payload[1..], s.state.schema.as_deref());
+            run.prepare = Some((s.next_stmt, key));
+            s.next_stmt = s.next_stmt.wrapping_add(1).max(1);
+        }
+        run.payload = payload;
+        s.running = Some(run);
+        self.acquire(io, sid);
+    }
+
+    /// Gets the session a connection: the one it holds, an idle one (its own last one first,
+    /// then one in its state), a new one, or a place among the waiters.
+    fn acquire(&mut self, io: &mut Io, sid: PooledId) {
+        let now = io.now();
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        if let Some(bid) = s.conn {
+            return self.run_on(io, sid, bid);
+        }
+        let Some(key) = s.key.clone() else { return };
+        let (last, fp) = (s.last_conn, s.state.fingerprint());
+        let conns = &self.conns;
+        let prefer = |b: BackendId| {
+            Some(b) == last || conns.get(b.0).is_some_and(|c| c.state.fingerprint() == fp)
+        };
+        if let Some(bid) = self.pool.take(&key, prefer) {
+            let same = self
+                .conns
+                .get(bid.0)
+                .is_some_and(|c| c.state.fingerprint() == fp);
+            if same {
+                io.stats.pool_hits += 1;
+            } else {
+                io.stats.pool_replays += 1;
+            }
+            return self.attach(io, sid, bid);
+        }
+        io.stats.pool_misses += 1;
+        if let Some(bid) = self.open_conn(io, &key, Some(sid)) {
+            if let Some(s) = self.sessions.get_mut(sid.0) {
+                s.conn = Some(bid);
+                io.stats.pooled_conns_held += 1;
+            }
+            return;
+        }
+        // Full: an idle connection of another user makes room, else wait.
+        if let Some((_, other)) = self.pool.take_any() {
+            self.close_conn(io, other);
+            if let Some(bid) = self.open_conn(io, &key, Some(sid)) {
+                if let Some(s) = self.sessions.get_mut(sid.0) {
+                    s.conn = Some(bid);
+                    io.stats.pooled_conns_held += 1;
+                }
+                return;
+            }
+        }
+        log::trace!("session {sid:?} waits for a connection");
+        io.stats.pool_waits += 1;
+        if let Some(s) = self.sessions.get_mut(sid.0) {
+            s.waiting_since = Some(now);
+        }
+        self.pool.wait(Waiter {
+            session: sid,
+            key,
+            since: now,
+        });
+        io.set_timer(now + self.ps.wait_timeout, Owner::Pooled(sid).token());
+    }
+
+    /// Opens a pooled connection for `key` (to the next backend with room), for `session`.
+    fn open_conn(
+        &mut self,
+        io: &mut Io,
+        key: &PoolKey,
+        session: Option<PooledId>,
+    ) -> Option<BackendId> {
+        let n = self.shared.backends.len();
+        let start = self.shared.pick_index();
+        let server = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.ps.limits.acquire(i))?;
+        let addr = self.shared.backends[server];
+        let source = self.shared.source_for(&addr);
+        let cred = session
+            .and_then(|s| self.sessions.get(s.0))
+            .and_then(|s| s.cred.clone())?;
+        let cred = Credentials { db: None, ..cred };
+        let now = io.now();
+        let bid = BackendId(self.conns.insert_with(|k| {
+            let sock = io.connect_from(&addr, source, Owner::PooledConn(BackendId(k)).token());
+            let mut b = PooledBackend::new(sock, addr, server, key.clone(), cred, now);
+            b.session = session;
+            b
+        }));
+        io.stats.pooled_conns += 1;
+        io.set_timer(
+            now + self.shared.backend_handshake_timeout,
+            Owner::PooledConn(bid).token(),
+        );
+        Some(bid)
+    }
+
+    /// `bid` (idle, from the pool) serves session `sid` now.
+    fn attach(&mut self, io: &mut Io, sid: PooledId, bid: BackendId) {
+        log::trace!("session {sid:?} gets {bid:?}");
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return self.give_back(io, bid, false);
+        };
+        s.conn = Some(bid);
+        s.waiting_since = None;
+        io.stats.pooled_conns_held += 1;
+        let Some(b) = self.conns.get_mut(bid.0) else {
+            return;
+        };
+        b.session = Some(sid);
+        b.client_caps = s.client.caps;
+        let stale = io.now().saturating_duration_since(b.last_used) >= self.ps.ping_after;
+        if stale {
+            let mut acts = Vec::new();
+            let mut pkt = Vec::new();
+            write_packet(&mut pkt, 0, &[COM_PING]);
+            b.run(Job::Ping, pkt, &mut acts);
+            return self.conn_actions(io, bid, None, &[], acts);
+        }
+        self.run_on(io, sid, bid)
+    }
+
+    /// Sends the session's running command on its connection, after what the connection needs
+    /// to be in the session's state (replay, a prepare).
+    fn run_on(&mut self, io: &mut Io, sid: PooledId, bid: BackendId) {
+        let (Some(s), Some(b)) = (self.sessions.get_mut(sid.0), self.conns.get_mut(bid.0)) else {
+            return;
+        };
+        if !b.is_idle() {
+            return; // it logs in, pings or replays: run_on comes again when it is idle
+        }
+        let Some(run) = s.running.as_mut().filter(|r| !r.sent) else {
+            return;
+        };
+        b.client_caps = s.client.caps;
+        if run.login {
+            // A new session starts in the state of a fresh connection, in its own schema.
+            let schema = s.state.schema.take();
+            s.state = b.baseline.clone();
+            s.state.schema = schema;
+        }
+        let mut acts = Vec::new();
+        let replay = s.state.replay_from(&b.state, run.stmt.last_insert_id);
+        if !replay.is_empty() && !run.replayed {
+            run.replayed = true;
+            if let Some(schema) = &replay.schema {
+                let mut pkt = Vec::new();
+                write_packet(&mut pkt, 0, &[&[COM_INIT_DB][..], schema].concat());
+                b.run(Job::Replay, pkt, &mut acts);
+            }
+            for q in &replay.queries {
+                let mut pkt = Vec::new();
+                write_packet(&mut pkt, 0, &[&[COM_QUERY][..], q].concat());
+                b.run(Job::Replay, pkt, &mut acts);
+            }
+            // What the server reports as the replay runs confirms it; a failure pins.
+            b.state = s.state.clone();
+            return self.conn_actions(io, bid, None, &[], acts);
+        }
+        if run.login {
+            s.running = None;
+            s.baseline = b.state.clone();
+            self.login_confirmed(io, sid);
+            return self.command_done(io, sid, bid);
+        }
+        let code = run.code;
+        let needs_stmt = matches!(
+            code,
+            COM_STMT_EXECUTE | COM_STMT_FETCH | COM_STMT_RESET | COM_STMT_SEND_LONG_DATA
+        );
+        let packet = if needs_stmt {
+            let id = stmt_id(&run.payload).unwrap_or(0);
+            let Some(st) = s.stmts.get_mut(&id) else {
+                return;
+            };
+            let Some(&server_id) = b.prepared.get(&st.key) else {
+                let key = st.key;
+                return self.reprepare(io, sid, bid, key);
+            };
+            match code {
+                COM_STMT_EXECUTE => {
+                    st.cursor |= opens_cursor(&run.payload);
+                    rewrite_execute(&run.payload, server_id, st)
+                }
+                COM_STMT_SEND_LONG_DATA => {
+                    st.long_data = true;
+                    with_stmt_id(&run.payload, server_id)
+                }
+                _ => with_stmt_id(&run.payload, server_id),
+            }
+        } else {
+            std::mem::take(&mut run.payload)
+        };
+        run.sent = true;
+        let mut pkt = Vec::with_capacity(packet.len() + 4);
+        write_packet(&mut pkt, 0, &packet);
+        b.run(
+            Job::Client {
+                prepare: run.prepare,
+            },
+            pkt,
+            &mut acts,
+        );
+        if !run.vars.is_empty() {
+            let names = run.vars.clone();
+            let mut q = b"SELECT ".to_vec();
+            for (i, n) in names.iter().enumerate() {
+                if i > 0 {
+                    q.extend_from_slice(b", ");
+                }
+                q.extend_from_slice(b"@`");
+                q.extend_from_slice(
+                    &n.iter()
+                        .flat_map(|&c| if c == b'`' { vec![c, c] } else { vec![c] })
+                        .collect::<Vec<u8>>(),
+                );
+                q.push(b'`');
+            }
+            let mut pkt = Vec::new();
+            write_packet(&mut pkt, 0, &[&[COM_QUERY][..], &q].concat());
+            b.run(Job::ReadVars(names), pkt, &mut acts);
+            io.stats.user_var_reads += 1;
+        }
+        if !run.sysvars.is_empty() {
+            let mut q = b"SELECT ".to_vec();
+            for (i, n) in run.sysvars.iter().enumerate() {
+                if i > 0 {
+                    q.extend_from_slice(b", ");
+                }
+                q.extend_from_slice(b"@@session.");
+                q.extend_from_slice(n);
+            }
+            let mut pkt = Vec::new();
+            write_packet(&mut pkt, 0, &[&[COM_QUERY][..], &q].concat());
+            b.run(Job::ReadSysVars(run.sysvars.clone()), pkt, &mut acts);
+        }
+        let no_response = code == COM_STMT_SEND_LONG_DATA;
+        self.conn_actions(io, bid, None, &[], acts);
+        if no_response {
+            if let Some(r) = self
+                .sessions
+                .get_mut(sid.0)
+                .and_then(|s| s.running.as_mut())
+            {
+                r.outcome = Some(Outcome::default());
+            }
+            self.maybe_done(io, bid);
+        }
+    }
+
+    /// Prepares statement `key` on `bid` (in the schema it was prepared in) before the
+    /// session's command that needs it.
+    fn reprepare(&mut self, io: &mut Io, sid: PooledId, bid: BackendId, key: u64) {
+        let Some(sqlinfo) = self.stmts.get(key).cloned() else {
+            return;
+        };
+        let (Some(s), Some(b)) = (self.sessions.get(sid.0), self.conns.get_mut(bid.0)) else {
+            return;
+        };
+        let mut acts = Vec::new();
+        let other_schema = sqlinfo.schema != b.state.schema;
+        if other_schema {
+            if let Some(schema) = &sqlinfo.schema {
+                let mut pkt = Vec::new();
+                write_packet(&mut pkt, 0, &[&[COM_INIT_DB][..], schema].concat());
+                b.run(Job::Replay, pkt, &mut acts);
+            }
+        }
+        let mut pkt = Vec::new();
+        write_packet(
+            &mut pkt,
+            0,
+            &[&[COM_STMT_PREPARE][..], &sqlinfo.sql].concat(),
+        );
+        b.run(Job::Prepare(key), pkt, &mut acts);
+        let _ = s;
+        io.stats.reprepares += 1;
+        self.conn_actions(io, bid, None, &[], acts);
+    }
+
+    // ---- what the connections say ----
+
+    pub fn on_conn_connected(&mut self, io: &mut Io, bid: BackendId, result: std::io::Result<()>) {
+        let Some(b) = self.conns.get_mut(bid.0) else {
+            return;
+        };
+        match result {
+            Ok(()) => b.on_connected(),
+            Err(e) => {
+                io.stats.backend_connect_errors += 1;
+                let why = format!("can't connect to backend {}: {e}", b.addr);
+                self.conn_failed(io, bid, why);
+            }
+        }
+    }
+
+    pub fn on_conn_data(&mut self, io: &mut Io, bid: BackendId, data: &[u8], buf: BufRef) {
+        let mut acts = Vec::new();
+        let mut done = Vec::new();
+        let Some(b) = self.conns.get_mut(bid.0) else {
+            return;
+        };
+        let r = b.on_bytes(data, &mut acts, &mut done);
+        self.conn_actions(io, bid, Some(buf), data, acts);
+        if let Err(why) = r {
+            let why = format!(
+                "backend {}: {why}",
+                self.conns
+                    .get(bid.0)
+                    .map_or_else(String::new, |b| b.addr.to_string())
+            );
+            return self.conn_failed(io, bid, why);
+        }
+        for d in done {
+            self.on_done(io, bid, d);
+        }
+        self.maybe_done(io, bid);
+    }
+
+    /// Carries out a connection's actions: its own sends, and pieces of responses for its
+    /// session's client.
+    fn conn_actions(
+        &mut self,
+        io: &mut Io,
+        bid: BackendId,
+        buf: Option<BufRef>,
+        data: &[u8],
+        acts: Vec<Action>,
+    ) {
+        let Some(b) = self.conns.get(bid.0) else {
+            return;
+        };
+        let (bsock, session) = (b.sock, b.session);
+        for a in acts {
+            match a {
+                Action::SendBackend(v) => io.send_owned(bsock, v),
+                Action::SendPeer(v) => {
+                    if let Some(sid) = session {
+                        self.send_client(io, sid, v, Some(bsock));
+                    }
+                }
+                Action::Forward { from, to } => {
+                    let Some(sid) = session else { continue };
+                    let Some(s) = self.sessions.get(sid.0).filter(|s| !s.closed) else {
+                        continue;
+                    };
+                    match buf {
+                        Some(buf) if !s.client.compressed() => {
+                            io.send_buf(s.sock, buf.slice(from, to));
+                            self.backpressure(io, s.sock, bsock);
+                        }
+                        _ => {
+                            let v = data[from..to].to_vec();
+                            self.send_client(io, sid, v, Some(bsock));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_done(&mut self, io: &mut Io, bid: BackendId, d: Done) {
+        let session = self.conns.get(bid.0).and_then(|b| b.session);
+        match d {
+            Done::Ready { tracking: true } => {}
+            Done::Ready { tracking: false } => {
+                let why = "the server refused session-state tracking (session_track_*), which pooled sessions need".to_string();
+                self.conn_failed(io, bid, why);
+            }
+            Done::Replayed(Err(errpkt)) => {
+                let Some(sid) = session else { return };
+                let login = self
+                    .sessions
+                    .get(sid.0)
+                    .and_then(|s| s.running.as_ref())
+                    .is_some_and(|r| r.login);
+                if login {
+                    // The login's schema (or the session's state) was refused: the login fails
+                    // with the server's error.
+                    return self.login_refused(io, sid, &errpkt);
+                }
+                if let Some(left) = self.warnings.allow(io.now()) {
+                    let e = err_text(&errpkt);
+                    log::warn!(
+                        "pooled session state replay failed: {e} ({left} similar not logged)"
+                    );
+                }
+                // The session cannot move off this connection's state safely any more.
+                if let Some(s) = session.and_then(|s| self.sessions.get_mut(s.0)) {
+                    s.pins.other = true;
+                }
+            }
+            Done::Replayed(Ok(())) | Done::Vars(_) | Done::SysVars(true) => {}
+            Done::SysVars(false) => {
+                // The SET worked but its variables cannot be read: keep the connection.
+                let s = session.and_then(|s| self.sessions.get_mut(s.0));
+                let set_ok = s
+                    .as_ref()
+                    .and_then(|s| s.running.as_ref())
+                    .and_then(|r| r.outcome.as_ref())
+                    .is_some_and(|o| o.error.is_none());
+                if let (Some(s), true) = (s, set_ok) {
+                    s.pins.other = true;
+                }
+            }
+            Done::Prepared(Ok(_)) => {}
+            Done::Prepared(Err(errpkt)) => {
+                // The EXECUTE's answer is the prepare's error.
+                if let Some(sid) = session {
+                    if let Some(r) = self
+                        .sessions
+                        .get_mut(sid.0)
+                        .and_then(|s| s.running.as_mut())
+                    {
+                        r.sent = true;
+                        r.outcome = Some(Outcome::default());
+                    }
+                    let mut pkt = errpkt;
+                    if pkt.len() > 3 {
+                        pkt[3] = 1;
+                    }
+                    self.send_client(io, sid, pkt, None);
+                }
+            }
+            Done::Pinged(ok) => {
+                if !ok {
+                    self.conn_failed(io, bid, "ping before reuse failed".into());
+                }
+            }
+            Done::Client(outcome) => {
+                if let Some(r) = session
+                    .and_then(|s| self.sessions.get_mut(s.0))
+                    .and_then(|s| s.running.as_mut())
+                {
+                    r.outcome = Some(outcome);
+                }
+            }
+        }
+    }
+
+    /// When the connection has nothing more in flight: the session's command is done, or the
+    /// connection (just logged in, pinged, replayed) can run it now.
+    fn maybe_done(&mut self, io: &mut Io, bid: BackendId) {
+        let Some(b) = self.conns.get(bid.0) else {
+            return;
+        };
+        if !b.is_idle() {
+            return;
+        }
+        let Some(sid) = b.session else {
+            return self.conn_free(io, bid);
+        };
+        let running = self.sessions.get(sid.0).and_then(|s| s.running.as_ref());
+        match running {
+            Some(r) if r.sent && r.outcome.is_some() => self.command_done(io, sid, bid),
+            Some(r) if !r.sent => self.run_on(io, sid, bid),
+            Some(_) => {}
+            None => self.command_done(io, sid, bid),
+        }
+    }
+
+    /// The session's command ended: its state is the connection's now; the connection goes
+    /// back unless something holds it; the next command starts.
+    fn command_done(&mut self, io: &mut Io, sid: PooledId, bid: BackendId) {
+        let (Some(s), Some(b)) = (self.sessions.get_mut(sid.0), self.conns.get_mut(bid.0)) else {
+            return;
+        };
+        let run = s.running.take().unwrap_or_default();
+        let outcome = run.outcome.clone().unwrap_or_default();
+        s.state = b.state.clone();
+        b.last_used = io.now();
+        if let Some((client_id, _)) = run.prepare {
+            if let (Some((_, params)), None) = (outcome.prepared, outcome.error) {
+                let key = run.prepare.map(|p| p.1).unwrap_or(0);
+                s.stmts.insert(
+                    client_id,
+                    SessionStmt {
+                        key,
+                        params,
+                        types: None,
+                        cursor: false,
+                        long_data: false,
+                    },
+                );
+            }
+        }
+        update_pins(s, &run, &outcome);
+        if run.code == COM_STMT_EXECUTE {
+            if let Some(st) = stmt_id(&run.payload).and_then(|id| s.stmts.get_mut(&id)) {
+                st.long_data = false;
+                st.cursor &= outcome.status & SERVER_STATUS_CURSOR_EXISTS != 0;
+            }
+        }
+        if run.code == COM_STMT_RESET {
+            if let Some(st) = stmt_id(&run.payload).and_then(|id| s.stmts.get_mut(&id)) {
+                st.long_data = false;
+                st.cursor = false;
+            }
+        }
+        let hold = holds(s, &run, &outcome);
+        log::trace!(
+            "session {sid:?} command {:#x} done on {bid:?}: hold {hold:?} outcome {outcome:?}",
+            run.code
+        );
+        if let Some(reason) = hold {
+            count_hold(io, reason);
+        } else {
+            s.conn = None;
+            s.last_conn = Some(bid);
+            b.session = None;
+            self.give_back(io, bid, false);
+        }
+        self.unpause(io, sid);
+        self.drive(io, sid);
+    }
+
+    fn unpause(&mut self, io: &mut Io, sid: PooledId) {
+        if let Some(s) = self.sessions.get(sid.0) {
+            if io.is_paused(s.sock)
+                && s.queue.len() < MAX_QUEUED
+                && io.queued(s.sock) <= self.shared.send_high_water
+            {
+                io.resume_read(s.sock);
+            }
+        }
+    }
+
+    /// A connection a session let go: to a waiter, the pool, or closed. `dirty`: it may hold
+    /// state no session can take over (it is reset first).
+    fn give_back(&mut self, io: &mut Io, bid: BackendId, dirty: bool) {
+        io.stats.pooled_conns_held = io.stats.pooled_conns_held.saturating_sub(1);
+        let Some(b) = self.conns.get_mut(bid.0) else {
+            return;
+        };
+        b.session = None;
+        if !b.is_idle() {
+            // Mid-response (the client left): nothing can reuse it.
+            io.stats.pool_closes += 1;
+            return self.close_conn(io, bid);
+        }
+        if dirty {
+            io.stats.pool_resets += 1;
+            let mut acts = Vec::new();
+            let mut pkt = Vec::new();
+            write_packet(&mut pkt, 0, &[COM_RESET_CONNECTION]);
+            b.run(Job::Reset, pkt, &mut acts);
+            return self.conn_actions(io, bid, None, &[], acts);
+        }
+        self.conn_free(io, bid);
+    }
+
+    /// An idle connection without a session: the first waiter for its key gets it, else it
+    /// is pooled (or closed when old, draining, or another key's waiter needs the room).
+    fn conn_free(&mut self, io: &mut Io, bid: BackendId) {
+        log::trace!("{bid:?} free; waiters {}", self.pool.waiting());
+        let now = io.now();
+        let Some(b) = self.conns.get(bid.0) else {
+            return;
+        };
+        let key = b.key.clone();
+        let old = self
+            .ps
+            .max_age
+            .is_some_and(|m| now.saturating_duration_since(b.opened_at) >= m);
+        if self.draining || old {
+            io.stats.pool_closes += 1;
+            return self.close_conn(io, bid);
+        }
+        while let Some(w) = self.pool.next_waiter(&key) {
+            if self
+                .sessions
+                .get(w.session.0)
+                .is_some_and(|s| !s.closed && s.waiting_since.is_some())
+            {
+                io.stats.pool_hits += 1;
+                return self.attach(io, w.session, bid);
+            }
+        }
+        if let Some(w) = self.pool.first_waiter() {
+            // Another user's session waits: this connection's room is worth more to it.
+            self.close_conn(io, bid);
+            if let Some(s) = self.sessions.get_mut(w.session.0) {
+                s.waiting_since = None;
+            }
+            return self.acquire(io, w.session);
+        }
+        self.pool.put(key, bid);
+        if let Some(t) = self.ps.idle_timeout {
+            io.set_timer(now + t, Owner::PooledConn(bid).token());
+        }
+    }
+
+    /// A connection failed (connect, login, protocol, the server left): its session's command
+    /// is retried elsewhere when it was not sent yet; else the client gets an error.
+    fn conn_failed(&mut self, io: &mut Io, bid: BackendId, why: String) {
+        let Some(b) = self.conns.get(bid.0) else {
+            return;
+        };
+        let (session, phase, login_error) = (b.session, b.phase(), b.last_error.clone());
+        if let Some(left) = self.warnings.allow(io.now()) {
+            log::warn!("pooled backend connection: {why} ({left} similar not logged)");
+        }
+        io.stats.backend_errors += 1;
+        self.close_conn(io, bid);
+        let Some(sid) = session else { return };
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        s.conn = None;
+        io.stats.pooled_conns_held = io.stats.pooled_conns_held.saturating_sub(1);
+        let Some(run) = s.running.as_mut() else {
+            return;
+        };
+        if run.login {
+            // The login fails the way the server refused it.
+            let (code, msg) = login_error.unwrap_or((2013, format!("ringproxy: {why}")));
+            let code = if (2000..3000).contains(&code) {
+                1045
+            } else {
+                code
+            };
+            let out = s.client.login_error(code, b"28000", &msg);
+            return self.fail_login(io, sid, out);
+        }
+        let in_trans = s.pins.any() || s.held.is_some();
+        if !run.sent && !in_trans && phase != ConnPhase::Ended {
+            // Nothing of the command left: try another connection.
+            return self.acquire(io, sid);
+        }
+        if run.sent && run.outcome.is_none() && !in_trans {
+            let seq = run.seq;
+            s.running = None;
+            let msg = format!("ringproxy: the backend connection running this command failed ({why}); it may or may not have run");
+            self.reply_err(io, sid, seq, 2013, b"HY000", &msg);
+            return self.drive(io, sid);
+        }
+        let e = Error::backend_failed(crate::error::Retry::Unsafe, why);
+        self.end_session(io, sid, Some(e));
+    }
+
+    fn close_conn(&mut self, io: &mut Io, bid: BackendId) {
+        let Some(mut b) = self.conns.remove(bid.0) else {
+            return;
+        };
+        self.pool.remove(&b.key.clone(), bid);
+        self.ps.limits.release(b.server);
+        io.stats.pooled_conns = io.stats.pooled_conns.saturating_sub(1);
+        io.stats.stmt_evictions += b.evicted;
+        b.end();
+        io.close(b.sock);
+    }
+
+    pub fn on_conn_eof(&mut self, io: &mut Io, bid: BackendId, error: Option<std::io::Error>) {
+        let why = error.map_or_else(
+            || "the server closed the connection".to_string(),
+            |e| e.to_string(),
+        );
+        self.conn_failed(io, bid, why);
+    }
+
+    // ---- sending to clients ----
+
+    fn send_raw(&mut self, io: &mut Io, sid: PooledId, bytes: Vec<u8>) {
+        if let Some(s) = self.sessions.get(sid.0).filter(|s| !s.closed) {
+            io.send_owned(s.sock, bytes);
+        }
+    }
+
+    /// Packets to the session's client (compressed if it asked), with backpressure on the
+    /// connection that produced them.
+    fn send_client(
+        &mut self,
+        io: &mut Io,
+        sid: PooledId,
+        bytes: Vec<u8>,
+        producer: Option<SockId>,
+    ) {
+        let Some(s) = self.sessions.get_mut(sid.0).filter(|s| !s.closed) else {
+            return;
+        };
+        let framed = s.client.frame(bytes, &mut s.comp_seq);
+        let sock = s.sock;
+        io.send_owned(sock, framed);
+        if let Some(p) = producer {
+            self.backpressure(io, sock, p);
+        }
+    }
+
+    fn backpressure(&mut self, io: &mut Io, dst: SockId, producer: SockId) {
+        if io.queued(dst) > self.shared.send_high_water {
+            io.pause_read(producer);
+        }
+    }
+
+    fn reply_ok(&mut self, io: &mut Io, sid: PooledId, seq: u8) {
+        let status = self
+            .sessions
+            .get(sid.0)
+            .map_or(SERVER_STATUS_AUTOCOMMIT, status_of);
+        let mut out = Vec::with_capacity(11);
+        write_ok_packet(&mut out, seq.wrapping_add(1), 0, 0, status, 0);
+        self.send_client(io, sid, out, None);
+    }
+
+    fn reply_err(
+        &mut self,
+        io: &mut Io,
+        sid: PooledId,
+        seq: u8,
+        code: u16,
+        state: &[u8; 5],
+        msg: &str,
+    ) {
+        let mut out = Vec::with_capacity(msg.len() + 16);
+        write_err_packet(&mut out, seq.wrapping_add(1), code, state, msg.as_bytes());
+        self.send_client(io, sid, out, None);
+    }
+
+    /// Room again on a socket: resume what produces for it.
+    pub fn on_sent(&mut self, io: &mut Io, owner: Owner, queued: usize) {
+        if queued > self.shared.send_high_water / 2 {
+            return;
+        }
+        match owner {
+            Owner::Pooled(sid) => {
+                let Some(s) = self.sessions.get(sid.0) else {
+                    return;
+                };
+                if let Some(b) = s.conn.and_then(|b| self.conns.get(b.0)) {
+                    if io.is_paused(b.sock) {
+                        io.resume_read(b.sock);
+                    }
+                }
+            }
+            Owner::PooledConn(bid) => {
+                let Some(sid) = self.conns.get(bid.0).and_then(|b| b.session) else {
+                    return;
+                };
+                self.unpause(io, sid);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- ending ----
+
+    /// Ends a session: an ERR first when given one (and the protocol allows it now).
+    pub fn end_session(&mut self, io: &mut Io, sid: PooledId, err: Option<Error>) {
+        let Some(s) = self.sessions.get_mut(sid.0).filter(|s| !s.closed) else {
+            return;
+        };
+        if let Some(e) = &err {
+            log::debug!("pooled session of {:?}: {e}", s.client.peer);
+            if e.side == crate::error::Side::Client {
+                io.stats.protocol_errors += 1;
+            }
+            let busy = s
+                .running
+                .as_ref()
+                .is_some_and(|r| r.sent && r.outcome.is_none());
+            if !busy {
+                let mut out = Vec::new();
+                let seq = if s.client.authenticated() { 1 } else { 2 };
+                e.write_err_packet(seq, &mut out);
+                let framed = s.client.frame(out, &mut s.comp_seq);
+                io.send_owned(s.sock, framed);
+            }
+        }
+        self.close_session(io, sid, err.is_some());
+    }
+
+    fn close_session(&mut self, io: &mut Io, sid: PooledId, flush: bool) {
+        let Some(s) = self.sessions.get_mut(sid.0).filter(|s| !s.closed) else {
+            return;
+        };
+        s.closed = true;
+        s.client.end();
+        let (sock, conn, dirty) = (s.sock, s.conn.take(), s.pins.any() || s.held.is_some());
+        if let Some(user) = s.counted.take() {
+            self.ps.users.disconnect(&user);
+        }
+        self.pool.cancel_wait(sid);
+        if let Some(bid) = conn {
+            if let Some(b) = self.conns.get(bid.0) {
+                // A connection still logging in for this session goes to the pool when ready.
+                if b.phase() != ConnPhase::Idle && b.phase() != ConnPhase::Busy {
+                    io.stats.pooled_conns_held = io.stats.pooled_conns_held.saturating_sub(1);
+                    if let Some(b) = self.conns.get_mut(bid.0) {
+                        b.session = None;
+                    }
+                } else {
+                    self.give_back(io, bid, dirty);
+                }
+            }
+        }
+        if flush {
+            io.close_after_flush(sock);
+        } else {
+            io.close(sock);
+        }
+    }
+
+    /// The client's socket is gone for good.
+    pub fn on_released(&mut self, io: &mut Io, sid: PooledId) {
+        if let Some(s) = self.sessions.remove(sid.0) {
+            io.stats.active = io.stats.active.saturating_sub(1);
+            io.stats.pooled_sessions = io.stats.pooled_sessions.saturating_sub(1);
+            self.shared.release(s.client.peer.map(|p| p.ip()));
+        }
+    }
+
+    pub fn on_client_eof(&mut self, io: &mut Io, sid: PooledId) {
+        self.close_session(io, sid, false);
+    }
+
+    // ---- timers ----
+
+    fn arm_idle_timer(&mut self, io: &mut Io, sid: PooledId) {
+        if let (Some(idle), Some(s)) = (self.shared.idle_timeout, self.sessions.get(sid.0)) {
+            io.set_timer(s.last_active + idle, Owner::Pooled(sid).token());
+        }
+    }
+
+    /// A session's timer: the handshake deadline, a delayed login answer, a users reload, a
+    /// wait for a connection, the idle timeout.
+    pub fn session_timer(&mut self, io: &mut Io, sid: PooledId) {
+        let now = io.now();
+        let Some(s) = self.sessions.get_mut(sid.0).filter(|s| !s.closed) else {
+            return;
+        };
+        if !s.client.authenticated() {
+            if now >= s.client.accepted_at + self.shared.handshake_timeout {
+                io.stats.handshake_timeouts += 1;
+                return self.end_session(io, sid, Some(Error::handshake_timeout()));
+            }
+            if s.client.phase() == ClientPhase::Lookup {
+                if s.answer_at.is_some_and(|t| now >= t) {
+                    s.answer_at = None;
+                    return self.lookup(io, sid);
+                }
+                if let Some((generation, deadline)) = s.lookup {
+                    if self.ps.users.generation() != generation || now >= deadline {
+                        s.lookup = None;
+                        return self.lookup(io, sid);
+                    }
+                    io.set_timer(now + LOOKUP_POLL, Owner::Pooled(sid).token());
+                }
+            }
+            return;
+        }
+        if let Some(since) = s.waiting_since {
+            if now >= since + self.ps.wait_timeout {
+                return self.wait_timed_out(io, sid);
+            }
+        }
+        if let Some(idle) = self.shared.idle_timeout {
+            let busy = s.running.is_some();
+            if !busy && now >= s.last_active + idle {
+                io.stats.idle_timeouts += 1;
+                return self.close_session(io, sid, false);
+            }
+            io.set_timer(now.max(s.last_active) + idle, Owner::Pooled(sid).token());
+        }
+    }
+
+    /// No connection became free in time: the command gets an error; the session goes on.
+    fn wait_timed_out(&mut self, io: &mut Io, sid: PooledId) {
+        io.stats.pool_wait_timeouts += 1;
+        self.pool.cancel_wait(sid);
+        let ms = self.ps.wait_timeout.as_millis();
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        s.waiting_since = None;
+        let run = s.running.take().unwrap_or_default();
+        if run.login {
+            let msg = format!("ringproxy: no backend connection became free within pool_wait_timeout_ms ({ms} ms) to log in; retry is safe");
+            let out = s.client.login_error(ER_POOL_TIMEOUT, b"HY000", &msg);
+            return self.fail_login(io, sid, out);
+        }
+        let msg = format!("ringproxy: no backend connection became free within pool_wait_timeout_ms ({ms} ms); the command did not run, retry is safe");
+        self.reply_err(io, sid, run.seq, ER_POOL_TIMEOUT, b"HY000", &msg);
+        self.drive(io, sid);
+    }
+
+    /// A pooled connection's timer: its login deadline, idle timeout or age.
+    pub fn conn_timer(&mut self, io: &mut Io, bid: BackendId) {
+        let now = io.now();
+        let Some(b) = self.conns.get(bid.0) else {
+            return;
+        };
+        let logging_in = matches!(
+            b.phase(),
+            ConnPhase::Connecting | ConnPhase::Login | ConnPhase::Setup
+        );
+        if logging_in {
+            if now >= b.opened_at + self.shared.backend_handshake_timeout {
+                return self.conn_failed(io, bid, "login timed out".into());
+            }
+            return;
+        }
+        if b.session.is_some() || !b.is_idle() {
+            return;
+        }
+        let idle_out = self
+            .ps
+            .idle_timeout
+            .is_some_and(|t| now.saturating_duration_since(b.last_used) >= t);
+        let old = self
+            .ps
+            .max_age
+            .is_some_and(|m| now.saturating_duration_since(b.opened_at) >= m);
+        if idle_out || old {
+            io.stats.pool_closes += 1;
+            return self.close_conn(io, bid);
+        }
+        if let Some(t) = self.ps.idle_timeout {
+            io.set_timer(b.last_used + t, Owner::PooledConn(bid).token());
+        }
+    }
+
+    /// Shutdown: idle sessions end, busy ones end after their command; idle connections close.
+    pub fn shutdown(&mut self, io: &mut Io) {
+        self.draining = true;
+        let idle: Vec<BackendId> = self.pool.idle().map(|(_, b)| b).collect();
+        for bid in idle {
+            self.close_conn(io, bid);
+        }
+        for key in self.sessions.keys() {
+            let sid = PooledId(key);
+            let busy = self.sessions.get(key).is_some_and(|s| s.running.is_some());
+            if !busy {
+                self.close_session(io, sid, true);
+            }
+        }
+    }
+
+    pub fn abort_all(&mut self, io: &mut Io) {
+        for key in self.sessions.keys() {
+            self.close_session(io, PooledId(key), false);
+        }
+        for key in self.conns.keys() {
+            self.close_conn(io, BackendId(key));
+        }
+    }
+
+    /// Checks that sessions and connections point at each other and the pool holds only free,
+    /// idle connections.
+    pub fn invariants(&self) -> Result<(), String> {
+        for (k, s) in self.sessions.iter().filter(|(_, s)| !s.closed) {
+            if let Some(bid) = s.conn {
+                let back = self.conns.get(bid.0).and_then(|b| b.session);
+                if back != Some(PooledId(k)) {
+                    return Err(format!("session {k:?} -> conn {bid:?} -> {back:?}"));
+                }
+            }
+        }
+        for (_, bid) in self.pool.idle() {
+            let ok = self
+                .conns
+                .get(bid.0)
+                .is_some_and(|b| b.session.is_none() && b.is_idle());
+            if !ok {
+                return Err(format!("pooled conn {bid:?} is not free and idle"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `code message` of an ERR packet (for logs).
+fn err_text(pkt: &[u8]) -> String {
+    let payload = pkt.get(HEADER_LEN..).unwrap_or(&[]);
+    match crate::protocol::packets::parse_err(payload, CLIENT_PROTOCOL_41) {
+        Ok(e) => format!("{} {}", e.code, String::from_utf8_lossy(e.message)),
+        Err(_) => "an unreadable error".into(),
+    }
+}
+
+/// The status flags a session's own answers carry.
+fn status_of(s: &Session) -> u16 {
+    let mut status = 0;
+    if !s.state.autocommit_off() {
+        status |= SERVER_STATUS_AUTOCOMMIT;
+    }
+    if s.held == Some(Held::Transaction) {
+        status |= SERVER_STATUS_IN_TRANS;
+    }
+    status
+}
+
+/// Updates the session's lasting pins after a command.
+fn update_pins(s: &mut Session, run: &Running, outcome: &Outcome) {
+    let ok = outcome.error.is_none();
+    let st = run.stmt;
+    if ok {
+        s.pins.locks = (s.pins.locks || st.lock) && !st.unlock;
+        s.pins.get_lock |= st.get_lock;
+        s.pins.temp_table |= st.temp_table;
+        s.pins.text_prepare |= st.text_prepare;
+    }
+    if run.code == COM_SET_OPTION || (ok && st.opaque_set) {
+        s.pins.other = true;
+    }
+    // A state change the tracked items do not explain: user variables are read back; a
+    // prepare's own change is the proxy's business; anything else stays on this connection.
+    let explained = st.user_var_write
+        || st.temp_table
+        || st.text_prepare
+        || !run.sysvars.is_empty()
+        || run.code == COM_STMT_PREPARE;
+    if outcome.untracked_change && !explained {
+        s.pins.untracked = true;
+    }
+}
+
+/// Why the session keeps its connection now, if it does.
+fn holds(s: &mut Session, run: &Running, outcome: &Outcome) -> Option<Held> {
+    let one_shot = if outcome.status & SERVER_STATUS_IN_TRANS != 0 {
+        Some(Held::Transaction)
+    } else if outcome.trx_characteristics {
+        Some(Held::Other)
+    } else if run.stmt.calc_found_rows && outcome.error.is_none() {
+        Some(Held::FoundRows)
+    } else if outcome.warnings > 0 {
+        Some(Held::Warnings)
+    } else {
+        None
+    };
+    s.held = one_shot;
+    let p = s.pins;
+    let stmt_hold = s.stmts.values().find_map(|st| {
+        if st.cursor {
+            Some(Held::Cursor)
+        } else if st.long_data {
+            Some(Held::LongData)
+        } else {
+            None
+        }
+    });
+    one_shot
+        .or_else(|| s.state.autocommit_off().then_some(Held::Autocommit))
+        .or_else(|| p.locks.then_some(Held::Locks))
+        .or_else(|| p.get_lock.then_some(Held::Other))
+        .or_else(|| p.temp_table.then_some(Held::TempTable))
+        .or_else(|| p.text_prepare.then_some(Held::TextPrepare))
+        .or_else(|| p.untracked.then_some(Held::Untracked))
+        .or_else(|| p.other.then_some(Held::Other))
+        .or(stmt_hold)
+}
+
+fn count_hold(io: &mut Io, reason: Held) {
+    let c = &mut io.stats;
+    *match reason {
+        Held::Transaction => &mut c.pin_transaction,
+        Held::Autocommit => &mut c.pin_autocommit,
+        Held::Locks => &mut c.pin_locks,
+        Held::TempTable => &mut c.pin_temp_table,
+        Held::TextPrepare => &mut c.pin_text_prepare,
+        Held::Cursor => &mut c.pin_cursor,
+        Held::LongData => &mut c.pin_long_data,
+        Held::Warnings => &mut c.pin_warnings,
+        Held::FoundRows => &mut c.pin_found_rows,
+        Held::Untracked => &mut c.pin_untracked,
+        Held::Other => &mut c.pin_other,
+    } += 1;
+}

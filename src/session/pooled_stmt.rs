@@ -1,0 +1,205 @@
+//! Prepared statements of pooled sessions. A session's statements have ids of their own
+//! (stable, client-visible); each names a statement *key* of the worker's [`Statements`]
+//! registry (the SQL with the schema it was prepared in), and every pooled backend connection
+//! maps keys to its own server statement ids, preparing lazily on the connection that runs an
+//! EXECUTE. This module owns the registry and the packet rewriting: the statement id of
+//! EXECUTE/FETCH/RESET/CLOSE/SEND_LONG_DATA, and the parameter types of an EXECUTE, which the
+//! proxy always sends (a server statement shared by several sessions may have seen other types
+//! last).
+
+use std::collections::HashMap;
+
+use crate::protocol::constants::*;
+
+/// What the registry knows of a statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StmtSql {
+    pub sql: Vec<u8>,
+    /// The schema it was prepared in (a re-prepare runs there).
+    pub schema: Option<Vec<u8>>,
+}
+
+/// The worker's statements by key.
+#[derive(Debug, Default)]
+pub struct Statements {
+    keys: HashMap<StmtSql, u64>,
+    sql: HashMap<u64, StmtSql>,
+    next: u64,
+}
+
+impl Statements {
+    /// The key of `sql` prepared in `schema` (a new one the first time).
+    pub fn key(&mut self, sql: &[u8], schema: Option<&[u8]>) -> u64 {
+        let s = StmtSql {
+            sql: sql.to_vec(),
+            schema: schema.map(<[u8]>::to_vec),
+        };
+        if let Some(k) = self.keys.get(&s) {
+            return *k;
+        }
+        self.next += 1;
+        self.keys.insert(s.clone(), self.next);
+        self.sql.insert(self.next, s);
+        self.next
+    }
+
+    pub fn get(&self, key: u64) -> Option<&StmtSql> {
+        self.sql.get(&key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.sql.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sql.is_empty()
+    }
+}
+
+/// A statement of one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStmt {
+    pub key: u64,
+    pub params: u16,
+    /// The parameter types last sent (2 bytes each), resent with every EXECUTE.
+    pub types: Option<Vec<u8>>,
+    /// An EXECUTE opened a cursor on it (the session keeps its connection until CLOSE/RESET).
+    pub cursor: bool,
+    /// SEND_LONG_DATA went to it since its last EXECUTE.
+    pub long_data: bool,
+}
+
+/// The statement id of a command that names one (payload bytes 1..5).
+pub fn stmt_id(payload: &[u8]) -> Option<u32> {
+    let b = payload.get(1..5)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The same command naming statement `id`.
+pub fn with_stmt_id(payload: &[u8], id: u32) -> Vec<u8> {
+    let mut p = payload.to_vec();
+    if p.len() >= 5 {
+        p[1..5].copy_from_slice(&id.to_le_bytes());
+    }
+    p
+}
+
+/// Whether an EXECUTE asks for a cursor.
+pub fn opens_cursor(payload: &[u8]) -> bool {
+    payload.get(5).is_some_and(|f| f & 0x07 != 0)
+}
+
+/// An EXECUTE for server statement `id` that carries parameter types: the client's own
+/// (remembered in `stmt`), or the remembered ones added when the client left them out.
+pub fn rewrite_execute(payload: &[u8], id: u32, stmt: &mut SessionStmt) -> Vec<u8> {
+    let mut p = with_stmt_id(payload, id);
+    let n = usize::from(stmt.params);
+    if n == 0 {
+        return p;
+    }
+    // code, id (4), flags, iteration count (4), NULL bitmap, new-params-bound flag.
+    let bound_at = 10 + n.div_ceil(8);
+    match p.get(bound_at) {
+        Some(1) => {
+            if let Some(t) = p.get(bound_at + 1..bound_at + 1 + 2 * n) {
+                stmt.types = Some(t.to_vec());
+            }
+        }
+        Some(0) => {
+            if let Some(t) = &stmt.types {
+                p[bound_at] = 1;
+                p.splice(bound_at + 1..bound_at + 1, t.iter().copied());
+            }
+        }
+        _ => {}
+    }
+    p
+}
+
+/// The server statement id and parameter count of a prepare-OK payload.
+pub fn prepare_ok(payload: &[u8]) -> Option<(u32, u16)> {
+    if payload.first() != Some(&OK_HEADER) || payload.len() < 12 {
+        return None;
+    }
+    let id = stmt_id(payload)?;
+    let params = u16::from_le_bytes([payload[7], payload[8]]);
+    Some((id, params))
+}
+
+/// A COM_STMT_CLOSE packet for server statement `id`.
+pub fn close_packet(id: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9);
+    crate::protocol::framing::write_packet(
+        &mut out,
+        0,
+        &[&[COM_STMT_CLOSE][..], &id.to_le_bytes()].concat(),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stmt(params: u16) -> SessionStmt {
+        SessionStmt {
+            key: 1,
+            params,
+            types: None,
+            cursor: false,
+            long_data: false,
+        }
+    }
+
+    #[test]
+    fn keys_are_shared_by_sql_and_schema() {
+        let mut s = Statements::default();
+        let a = s.key(b"SELECT ?", Some(b"db"));
+        assert_eq!(s.key(b"SELECT ?", Some(b"db")), a);
+        assert_ne!(s.key(b"SELECT ?", None), a);
+        assert_eq!(s.get(a).unwrap().schema.as_deref(), Some(&b"db"[..]));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn an_execute_gets_the_server_id_and_remembered_types() {
+        let mut st = stmt(2);
+        // code, id 9, flags 0, iterations 1, bitmap 0, bound 1, types (LONG, STRING), values.
+        let first = [
+            &[0x17, 9, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 0, 0xfe, 0][..],
+            &[5, 0, 0, 0, 1, b'x'],
+        ]
+        .concat();
+        let out = rewrite_execute(&first, 77, &mut st);
+        assert_eq!(stmt_id(&out), Some(77));
+        assert_eq!(st.types.as_deref(), Some(&[3, 0, 0xfe, 0][..]));
+        let again = [
+            &[0x17, 9, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0][..],
+            &[6, 0, 0, 0, 1, b'y'],
+        ]
+        .concat();
+        let out = rewrite_execute(&again, 78, &mut st);
+        let want = [
+            &[0x17, 78, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 0, 0xfe, 0][..],
+            &[6, 0, 0, 0, 1, b'y'],
+        ]
+        .concat();
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn a_statement_without_parameters_only_gets_its_id() {
+        let mut st = stmt(0);
+        let out = rewrite_execute(&[0x17, 1, 0, 0, 0, 1, 1, 0, 0, 0], 5, &mut st);
+        assert_eq!(out, [0x17, 5, 0, 0, 0, 1, 1, 0, 0, 0]);
+        assert!(opens_cursor(&out));
+    }
+
+    #[test]
+    fn prepare_ok_gives_id_and_parameters() {
+        let p = [0, 4, 0, 0, 0, 2, 0, 3, 0, 0, 0, 0];
+        assert_eq!(prepare_ok(&p), Some((4, 3)));
+        assert_eq!(prepare_ok(&[0xff, 1, 2]), None);
+        assert_eq!(close_packet(4), [5, 0, 0, 0, 0x19, 4, 0, 0, 0]);
+    }
+}
