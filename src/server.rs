@@ -67,6 +67,7 @@ pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> io::Result<Vec<Arc<S
     let mut loader = None;
     if config.pooled_mode() {
         let users = Users::new(config);
+        users.probe_server_version(config);
         loader = users.start_loader(config, Arc::clone(&shutdown));
         shared.pooled = Some(Arc::new(PooledShared::new(config, users)));
     }

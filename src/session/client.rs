@@ -102,6 +102,9 @@ pub struct ClientConn {
     server_caps: u32,
     /// Compressed sequence id of the last compressed packet the client sent.
     compressed_seq: u8,
+    /// A client the pooled listener greeted itself and handed over: the server's greeting is
+    /// not sent to it (its handshake response is held already).
+    adopted: bool,
 }
 
 impl ClientConn {
@@ -127,7 +130,26 @@ impl ClientConn {
             },
             server_caps: 0,
             compressed_seq: 0,
+            adopted: false,
         }
+    }
+
+    /// A client a pooled listener greeted and cannot serve itself (its account's plugin is one
+    /// the proxy cannot log in with): `response` is its handshake response (whole packet),
+    /// rewritten to name mysql_native_password with an empty answer, so that the server asks
+    /// the client for its own plugin's answer, which is then relayed as in any pass-through
+    /// session.
+    pub fn adopted(
+        sock: SockId,
+        peer: Option<SocketAddr>,
+        max_packet: u64,
+        now: Instant,
+        response: Vec<u8>,
+    ) -> Self {
+        let mut c = ClientConn::new(sock, peer, max_packet, now);
+        c.held = response;
+        c.adopted = true;
+        c
     }
 
     pub fn phase(&self) -> Phase {
@@ -197,7 +219,9 @@ impl ClientConn {
             }
         }
         self.phase = Phase::AwaitResponse;
-        out.push(Action::SendClient(pkt));
+        if !self.adopted {
+            out.push(Action::SendClient(pkt));
+        }
         // A client that spoke before the greeting (it should not) is handled now.
         self.relay_response(out);
     }

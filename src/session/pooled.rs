@@ -26,10 +26,10 @@ use super::pooled_stmt::{
     opens_cursor, rewrite_execute, stmt_id, with_stmt_id, SessionStmt, Statements,
 };
 use super::state::SessionState;
-use super::users::Users;
+use super::users::{UserEntry, Users};
 use super::{BackendId, Owner, PooledId, RateLimit, Shared};
 use crate::error::Error;
-use crate::protocol::auth_server::{Learned, Sha2Cache};
+use crate::protocol::auth_server::{Learned, Sha2Cache, Stored};
 use crate::protocol::constants::*;
 use crate::protocol::framing::write_packet;
 use crate::protocol::packets::{write_err_packet, write_ok_packet};
@@ -243,6 +243,16 @@ struct Session {
     baseline: SessionState,
 }
 
+/// A client handed to pass-through: its account uses an auth plugin the proxy cannot log in
+/// with (the backend authenticates it, and the session gets a backend connection of its own).
+pub struct Handoff {
+    pub sock: SockId,
+    pub peer: Option<SocketAddr>,
+    pub accepted_at: Instant,
+    /// Its handshake response, rewritten ([`PooledClient::passthrough_response`]).
+    pub response: Vec<u8>,
+}
+
 /// The pooled part of one worker.
 pub struct Pooled {
     shared: Arc<Shared>,
@@ -255,6 +265,7 @@ pub struct Pooled {
     server_version: Vec<u8>,
     warnings: RateLimit,
     draining: bool,
+    handoffs: Vec<Handoff>,
 }
 
 impl Pooled {
@@ -275,6 +286,7 @@ impl Pooled {
             server_version,
             warnings: RateLimit::new(Duration::from_secs(5)),
             draining: false,
+            handoffs: Vec::new(),
         }
     }
 
@@ -366,7 +378,13 @@ impl Pooled {
 
     fn on_event(&mut self, io: &mut Io, sid: PooledId, e: Event) {
         match e {
-            Event::Send(bytes) => self.send_raw(io, sid, bytes),
+            Event::Send(bytes) => {
+                // An auth packet answers the client's last one (compressed ids follow it).
+                if let Some(s) = self.sessions.get_mut(sid.0) {
+                    s.comp_seq = s.client.response_comp_seq();
+                }
+                self.send_client(io, sid, bytes, None)
+            }
             Event::Login => self.lookup(io, sid),
             Event::Verified(learned) => self.verified(io, sid, learned),
             Event::Denied => self.denied(io, sid),
@@ -396,12 +414,25 @@ impl Pooled {
         let entry = self.ps.users.lookup(&login.user, ip);
         if entry.is_none() && !s.reloaded && self.ps.users.request_refresh() {
             s.reloaded = true;
-            s.lookup = Some((self.ps.users.generation(), now + LOOKUP_WAIT));
+            let wait = self.ps.users.refresh_delay() + LOOKUP_WAIT;
+            s.lookup = Some((self.ps.users.generation(), now + wait));
             io.set_timer(now + LOOKUP_POLL, Owner::Pooled(sid).token());
             return;
         }
         s.lookup = None;
         let entry = entry.filter(|e| e.active);
+        // An account the proxy cannot log in as (pam, gssapi, ed25519 without its password):
+        // the server authenticates it, in a pass-through session.
+        let unusable = |e: &UserEntry| match &e.stored {
+            None => true,
+            Some(Stored::Ed25519(_)) => !e.from_config,
+            Some(_) => false,
+        };
+        if entry.as_ref().is_some_and(unusable) {
+            if let Some(response) = s.client.passthrough_response() {
+                return self.hand_off(sid, response);
+            }
+        }
         let stored = entry.as_ref().and_then(|e| e.stored.clone());
         let cached = stored
             .as_ref()
@@ -432,6 +463,27 @@ impl Pooled {
         for e in events {
             self.on_event(io, sid, e);
         }
+    }
+
+    /// Hands session `sid`'s client to pass-through (see [`Handoff`]).
+    fn hand_off(&mut self, sid: PooledId, response: Vec<u8>) {
+        let Some(s) = self.sessions.remove(sid.0) else {
+            return;
+        };
+        if let Some(user) = s.counted {
+            self.ps.users.disconnect(&user);
+        }
+        self.handoffs.push(Handoff {
+            sock: s.sock,
+            peer: s.client.peer,
+            accepted_at: s.client.accepted_at,
+            response,
+        });
+    }
+
+    /// The clients handed to pass-through since the last call.
+    pub fn take_handoffs(&mut self) -> Vec<Handoff> {
+        std::mem::take(&mut self.handoffs)
     }
 
     /// The password is right: log in to a backend as the user (through the pool) and select
@@ -512,8 +564,7 @@ impl Pooled {
         };
         let ip = s.client.peer.map(|p| p.ip());
         self.ps.login_result(ip, false, io.now());
-        let sock = s.sock;
-        io.send_owned(sock, out);
+        self.send_client(io, sid, out, None);
         self.close_session(io, sid, true);
     }
 
@@ -533,12 +584,17 @@ impl Pooled {
             return;
         };
         s.running = None;
+        // The OK of the first login is never compressed (compression starts after it); that
+        // of a COM_CHANGE_USER is, when the connection is.
+        let first = !s.client.compressed();
         let ok = s.client.accept_login();
-        let sock = s.sock;
         self.ps
             .login_result(s.client.peer.map(|p| p.ip()), true, io.now());
         io.stats.pooled_logins += 1;
-        io.send_owned(sock, ok);
+        match first {
+            true => io.send_owned(s.sock, ok),
+            false => self.send_client(io, sid, ok, None),
+        }
         self.arm_idle_timer(io, sid);
     }
 
@@ -625,8 +681,7 @@ impl Pooled {
                 true
             }
             COM_CHANGE_USER => {
-                let msg = "ringproxy: COM_CHANGE_USER is not supported on a pooled listener yet; reconnect as the other user";
-                self.reply_err(io, sid, seq, 1047, b"08S01", msg);
+                self.change_user(io, sid, payload);
                 true
             }
             COM_STMT_EXECUTE | COM_STMT_FETCH | COM_STMT_RESET | COM_STMT_SEND_LONG_DATA => {
@@ -656,6 +711,24 @@ impl Pooled {
                 false
             }
             _ => false,
+        }
+    }
+
+    /// COM_CHANGE_USER: the session is reset and logs in again, checked by the proxy.
+    fn change_user(&mut self, io: &mut Io, sid: PooledId, payload: &[u8]) {
+        self.reset_session(io, sid);
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        if let Some(user) = s.counted.take() {
+            self.ps.users.disconnect(&user);
+        }
+        (s.key, s.cred, s.last_conn) = (None, None, None);
+        (s.delayed, s.reloaded) = (false, false);
+        let mut events = Vec::new();
+        s.client.change_user(payload, &mut events);
+        for e in events {
+            self.on_event(io, sid, e);
         }
     }
 
@@ -1372,12 +1445,6 @@ impl Pooled {
     }
 
     // ---- sending to clients ----
-
-    fn send_raw(&mut self, io: &mut Io, sid: PooledId, bytes: Vec<u8>) {
-        if let Some(s) = self.sessions.get(sid.0).filter(|s| !s.closed) {
-            io.send_owned(s.sock, bytes);
-        }
-    }
 
     /// Packets to the session's client (compressed if it asked), with backpressure on the
     /// connection that produced them.

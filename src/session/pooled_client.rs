@@ -22,7 +22,8 @@ use crate::protocol::compress::{write_compressed_frame, Algorithm, Inflater};
 use crate::protocol::constants::*;
 use crate::protocol::framing::{split_logical, write_packet};
 use crate::protocol::handshake::{
-    is_ssl_request, parse_handshake_response41, write_greeting, HandshakeV10,
+    encode_handshake_response41, is_ssl_request, parse_handshake_response41, write_greeting,
+    HandshakeResponse41, HandshakeV10,
 };
 use crate::protocol::packets::{write_err_packet, write_ok_packet};
 use crate::protocol::ProtoError;
@@ -125,6 +126,8 @@ pub struct PooledClient {
     inflater: Option<Inflater>,
     alg: Option<Algorithm>,
     max_packet: usize,
+    /// The handshake response's payload, kept until the login is decided.
+    response: Vec<u8>,
 }
 
 impl PooledClient {
@@ -149,6 +152,7 @@ impl PooledClient {
             inflater: None,
             alg: None,
             max_packet,
+            response: Vec::new(),
         }
     }
 
@@ -275,6 +279,63 @@ impl PooledClient {
             caps: self.caps,
             charset: r.charset,
         });
+        self.response = payload.to_vec();
+        self.phase = Phase::Lookup;
+        events.push(Event::Login);
+    }
+
+    /// The handshake response rewritten for a server that is to authenticate the client itself
+    /// (a pass-through session): the same capabilities, user, schema, character set and
+    /// attributes, naming mysql_native_password with an empty answer, so that a server whose
+    /// account uses another plugin switches the client to it. The whole packet (sequence id 1).
+    /// `None` after a COM_CHANGE_USER (no handshake response to rewrite).
+    pub fn passthrough_response(&self) -> Option<Vec<u8>> {
+        let r = parse_handshake_response41(&self.response).ok()?;
+        let rewritten = HandshakeResponse41 {
+            capabilities: (r.capabilities & OFFERED) | CLIENT_PLUGIN_AUTH,
+            auth_response: &[],
+            auth_plugin_name: Some(Plugin::Native.name()),
+            ..r
+        };
+        let mut payload = Vec::with_capacity(self.response.len());
+        encode_handshake_response41(&rewritten, &mut payload);
+        let mut out = Vec::with_capacity(payload.len() + 4);
+        write_packet(&mut out, 1, &payload);
+        Some(out)
+    }
+
+    /// A COM_CHANGE_USER: the login starts over for another user (checked against the
+    /// greeting's nonce, as servers do), reported as [`Event::Login`]. The capabilities (and
+    /// compression) of the connection stay.
+    pub fn change_user(&mut self, payload: &[u8], events: &mut Vec<Event>) {
+        let parsed = crate::protocol::command::parse_command_with_caps(payload, self.caps);
+        let Ok(crate::protocol::command::Command::ChangeUser {
+            user,
+            auth_response,
+            database,
+            rest,
+        }) = parsed
+        else {
+            return self.fail(Error::client_protocol("malformed COM_CHANGE_USER"), events);
+        };
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let prev = self.login.as_ref().map_or(45, |l| l.charset);
+        // rest: charset (2 bytes), then the plugin name (NUL-terminated), then attributes.
+        let charset = rest.first().copied().unwrap_or(prev);
+        let plugin = rest
+            .get(2..)
+            .map_or(&[][..], |p| p.split(|&b| b == 0).next().unwrap_or(&[]));
+        self.login = Some(LoginRequest {
+            user: text(user),
+            database: (!database.is_empty()).then(|| text(database)),
+            plugin: plugin.to_vec(),
+            answer: auth_response.to_vec(),
+            caps: self.caps,
+            charset,
+        });
+        self.auth = None;
+        self.response.clear();
+        self.seq = 1;
         self.phase = Phase::Lookup;
         events.push(Event::Login);
     }
@@ -344,11 +405,12 @@ impl PooledClient {
         write_ok_packet(&mut out, self.seq, 0, 0, SERVER_STATUS_AUTOCOMMIT, 0);
         self.phase = Phase::Command;
         self.auth = None;
-        self.alg = Algorithm::negotiated(
-            self.caps & (CLIENT_COMPRESS | CLIENT_ZSTD_COMPRESSION_ALGORITHM),
-        );
-        if let Some(alg) = self.alg {
-            self.inflater = Some(Inflater::new(alg));
+        self.response = Vec::new();
+        if self.inflater.is_none() {
+            // The first login: compression (if agreed) starts after this OK.
+            let agreed = self.caps & (CLIENT_COMPRESS | CLIENT_ZSTD_COMPRESSION_ALGORITHM);
+            self.alg = Algorithm::negotiated(agreed);
+            self.inflater = self.alg.map(Inflater::new);
         }
         out
     }

@@ -196,10 +196,28 @@ impl Proxy {
     fn accept(&mut self, io: &mut Io, sock: SockId, peer: Option<SocketAddr>) {
         let now = io.now();
         let max_packet = self.shared.max_packet_size;
-        let cid = ClientId(
-            self.clients
-                .insert(ClientConn::new(sock, peer, max_packet, now)),
-        );
+        self.start_session(io, ClientConn::new(sock, peer, max_packet, now));
+    }
+
+    /// Takes over the clients pooled sessions handed to pass-through.
+    fn adopt_handoffs(&mut self, io: &mut Io) {
+        let Some(p) = self.pooled.as_mut() else {
+            return;
+        };
+        for h in p.take_handoffs() {
+            let max_packet = self.shared.max_packet_size;
+            let c = ClientConn::adopted(h.sock, h.peer, max_packet, h.accepted_at, h.response);
+            io.stats.pooled_passthrough += 1;
+            io.stats.pooled_sessions = io.stats.pooled_sessions.saturating_sub(1);
+            io.stats.active = io.stats.active.saturating_sub(1);
+            self.start_session(io, c);
+        }
+    }
+
+    /// A client session starts: a backend connection (prewarmed or new) is found for it.
+    fn start_session(&mut self, io: &mut Io, c: ClientConn) {
+        let (sock, now) = (c.sock, io.now());
+        let cid = ClientId(self.clients.insert(c));
         io.set_owner(sock, Owner::Client(cid).token());
         io.stats.active += 1;
         io.set_timer(
@@ -895,6 +913,7 @@ impl Service for Proxy {
                 if let Some(p) = self.pooled.as_mut() {
                     p.on_client_data(io, sid, data);
                 }
+                self.adopt_handoffs(io);
             }
             Some(Owner::PooledConn(bid)) => {
                 if let Some(p) = self.pooled.as_mut() {
@@ -981,6 +1000,7 @@ impl Service for Proxy {
                 if let Some(p) = self.pooled.as_mut() {
                     p.session_timer(io, sid);
                 }
+                self.adopt_handoffs(io);
             }
             Some(Owner::PooledConn(bid)) => {
                 if let Some(p) = self.pooled.as_mut() {

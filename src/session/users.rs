@@ -11,7 +11,8 @@
 //!   monitor account over a blocking socket, driven by the I/O-free [`Login`], and reads
 //!   MariaDB's `mysql.global_priv` (10.4+) or else MySQL's `mysql.user` (5.7+, whose
 //!   `account_locked` column it needs); it loads at start and then on request
-//!   ([`Users::request_refresh`]), at most once per `monitor.users_refresh_ms`; a failed load
+//!   ([`Users::request_refresh`]), at most once per `monitor.users_refresh_ms` (a request made
+//!   sooner waits for the interval's end); a failed load
 //!   keeps the previous accounts;
 //! - the per-user count of client connections that `max_connections` is checked against.
 //!
@@ -415,15 +416,18 @@ impl Users {
         if !refresh.loader {
             return false;
         }
-        if refresh.pending {
-            return true;
+        if !refresh.pending {
+            refresh.pending = true;
+            self.wake.notify_one();
         }
-        if (refresh.last_load).is_some_and(|at| at.elapsed() < self.interval) {
-            return false;
-        }
-        refresh.pending = true;
-        self.wake.notify_one();
         true
+    }
+
+    /// The longest a reload asked for now can take to start (the rate limit's remainder).
+    pub fn refresh_delay(&self) -> Duration {
+        let refresh = lock(&self.refresh);
+        let since = refresh.last_load.map_or(self.interval, |at| at.elapsed());
+        self.interval.saturating_sub(since)
     }
 
     /// Starts the loader thread (`rp-users`), which loads at once and then on each refresh until
@@ -479,6 +483,31 @@ impl Users {
 
     /// The server version of the last backend greeting the loader saw (as the server sent it,
     /// e.g. `5.5.5-10.11.6-MariaDB-0+deb12u1`).
+    /// The version the backends' greeting gives, for the greeting of pooled listeners: read
+    /// once at start with a login the server refuses (a refused login, unlike an abandoned
+    /// handshake, is not counted against the proxy's host by `max_connect_errors`).
+    pub fn probe_server_version(&self, config: &Config) {
+        let probe = Credentials {
+            user: "ringproxy-version-probe".into(),
+            password: String::new(),
+            stage1: None,
+            db: None,
+        };
+        for &addr in &config.backends {
+            let Ok(stream) = connect_tcp(addr, config.backend_source) else {
+                continue;
+            };
+            let Ok(mut conn) = MonitorConn::new(stream) else {
+                continue;
+            };
+            let _ = conn.login(&probe);
+            if !conn.version.is_empty() {
+                *lock(&self.server_version) = Some(conn.version);
+                return;
+            }
+        }
+    }
+
     pub fn server_version(&self) -> Option<String> {
         lock(&self.server_version).clone()
     }
@@ -499,12 +528,19 @@ impl Users {
                 refresh.loader = false;
                 return false;
             }
-            if refresh.pending || refresh.last_load.is_none() {
+            let since = refresh.last_load.map(|at| at.elapsed());
+            let due = since.is_none_or(|t| t >= self.interval);
+            if (refresh.pending && due) || refresh.last_load.is_none() {
                 refresh.pending = false;
                 refresh.last_load = Some(Instant::now());
                 return true;
             }
-            refresh = (self.wake.wait_timeout(refresh, SHUTDOWN_POLL))
+            // A request made too soon waits for the interval's end.
+            let wait = match (refresh.pending, since) {
+                (true, Some(t)) => SHUTDOWN_POLL.min(self.interval - t),
+                _ => SHUTDOWN_POLL,
+            };
+            refresh = (self.wake.wait_timeout(refresh, wait))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -1413,15 +1449,20 @@ mod tests {
         let running = AtomicBool::new(false);
         // The first load is due at once.
         assert!(u.next_load(&running));
-        assert!(!u.request_refresh(), "too soon after the load started");
-        std::thread::sleep(Duration::from_millis(110));
+        // A request too soon after a load is kept, and served when the interval has passed.
+        assert!(u.request_refresh());
+        assert!(u.refresh_delay() > Duration::ZERO);
+        let asked = Instant::now();
+        assert!(u.next_load(&running));
+        assert!(
+            asked.elapsed() >= Duration::from_millis(80),
+            "{:?}",
+            asked.elapsed()
+        );
         assert!(u.request_refresh());
         assert!(u.request_refresh(), "still pending");
-        assert!(u.next_load(&running));
-        assert!(!u.request_refresh(), "too soon again");
         let stopped = AtomicBool::new(true);
         assert!(!u.next_load(&stopped));
-        std::thread::sleep(Duration::from_millis(110));
         assert!(!u.request_refresh(), "the loader is gone");
     }
 
