@@ -190,6 +190,17 @@ impl Error {
         )
     }
 
+    /// A KILL of the session (ER_CONNECTION_KILLED, as MariaDB words it).
+    pub fn connection_killed() -> Error {
+        Error::new(
+            Side::Proxy,
+            Retry::Unsafe,
+            1927,
+            b"70100",
+            "Connection was killed".into(),
+        )
+    }
+
     /// The proxy is stopping.
     pub fn shutting_down() -> Error {
         Error::new(

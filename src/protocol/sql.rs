@@ -2042,3 +2042,49 @@ mod sysvar_tests {
         assert!(system_vars_set(b"SET ROLE r").opaque);
     }
 }
+
+// ------------------------------------------------------------------------------------- KILL
+
+/// `KILL [HARD | SOFT] [CONNECTION | QUERY] [ID] n`: `(query_only, n)`; `None` for other
+/// statements (and for `KILL ... USER name`, which names no thread).
+pub fn kill_target(sql: &[u8]) -> Option<(bool, u64)> {
+    let mut words = Lexer::new(sql)
+        .map(|s| s.token)
+        .filter(|t| *t != Token::Punct(b';'));
+    match words.next() {
+        Some(Token::Word(w)) if w.eq_ignore_ascii_case(b"KILL") => {}
+        _ => return None,
+    }
+    let mut query = false;
+    for t in words {
+        let Token::Word(w) = t else { return None };
+        if w.first().is_some_and(u8::is_ascii_digit) {
+            return std::str::from_utf8(w)
+                .ok()?
+                .parse()
+                .ok()
+                .map(|n| (query, n));
+        }
+        match w.to_ascii_uppercase().as_slice() {
+            b"HARD" | b"SOFT" | b"CONNECTION" | b"ID" => {}
+            b"QUERY" => query = true,
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod kill_tests {
+    use super::kill_target;
+
+    #[test]
+    fn kill_forms() {
+        assert_eq!(kill_target(b"KILL 5"), Some((false, 5)));
+        assert_eq!(kill_target(b"kill query 17;"), Some((true, 17)));
+        assert_eq!(kill_target(b"KILL HARD CONNECTION 3"), Some((false, 3)));
+        assert_eq!(kill_target(b"KILL QUERY ID 9"), Some((true, 9)));
+        assert_eq!(kill_target(b"KILL USER app"), None);
+        assert_eq!(kill_target(b"SELECT 1"), None);
+    }
+}

@@ -93,6 +93,8 @@ pub struct Login {
     /// Capabilities asked for (each only if the server offers it), and the character set.
     want: u32,
     charset: u8,
+    /// The connection (thread) id the server's greeting gave.
+    pub connection_id: u32,
 }
 
 impl Default for Login {
@@ -116,6 +118,7 @@ impl Login {
             caps: 0,
             want: want | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH,
             charset,
+            connection_id: 0,
         }
     }
 
@@ -187,6 +190,7 @@ impl Login {
                         "the server does not speak protocol 4.1".into(),
                     ));
                 }
+                self.connection_id = g.connection_id;
                 let mut caps = self.want & g.capabilities;
                 if cred.db.is_some() {
                     caps |= CLIENT_CONNECT_WITH_DB & g.capabilities;

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,16 @@ pub struct PooledShared {
     /// Failed logins per client address: count and time of the last.
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     next_conn_id: AtomicU32,
+    /// Every pooled session by the connection id its greeting gave (what KILL names).
+    registry: Mutex<HashMap<u32, Arc<KillTarget>>>,
+}
+
+/// What a KILL from another session needs of a session: the server thread running its
+/// command now (0: none), and whether it was killed.
+#[derive(Debug, Default)]
+pub struct KillTarget {
+    thread: AtomicU32,
+    killed: AtomicBool,
 }
 
 impl PooledShared {
@@ -79,6 +89,7 @@ impl PooledShared {
             first_listener: config.listen.len(),
             failures: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU32::new(1),
+            registry: Mutex::new(HashMap::new()),
         }
     }
 
@@ -90,6 +101,23 @@ impl PooledShared {
             Some((n, _)) if *n > 0 => self.failure_delay * (1u32 << (n - 1).min(3)),
             _ => Duration::ZERO,
         }
+    }
+
+    fn register(&self, id: u32) -> Arc<KillTarget> {
+        let target = Arc::new(KillTarget::default());
+        let mut map = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(id, Arc::clone(&target));
+        target
+    }
+
+    fn unregister(&self, id: u32) {
+        let mut map = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&id);
+    }
+
+    fn target(&self, id: u32) -> Option<Arc<KillTarget>> {
+        let map = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&id).cloned()
     }
 
     /// Records a login's result for its address.
@@ -211,6 +239,9 @@ impl Statement {
 /// One pooled session.
 struct Session {
     sock: SockId,
+    /// The connection id its greeting gave, and what KILLs of it use.
+    id: u32,
+    kill: Arc<KillTarget>,
     client: PooledClient,
     key: Option<PoolKey>,
     cred: Option<Credentials>,
@@ -327,8 +358,11 @@ impl Pooled {
             now,
         );
         let greeting = client.greeting(&self.server_version);
+        let kill = self.ps.register(conn_id);
         let sid = PooledId(self.sessions.insert(Session {
             sock,
+            id: conn_id,
+            kill,
             client,
             key: None,
             cred: None,
@@ -470,6 +504,7 @@ impl Pooled {
         let Some(s) = self.sessions.remove(sid.0) else {
             return;
         };
+        self.ps.unregister(s.id);
         if let Some(user) = s.counted {
             self.ps.users.disconnect(&user);
         }
@@ -641,6 +676,10 @@ impl Pooled {
             if s.running.is_some() || !s.client.authenticated() {
                 return;
             }
+            if s.kill.killed.load(Ordering::Relaxed) {
+                let e = Error::connection_killed();
+                return self.end_session(io, sid, Some(e));
+            }
             let Some((seq, payload)) = s.queue.pop_front() else {
                 if io.is_paused(s.sock) {
                     io.resume_read(s.sock);
@@ -648,9 +687,49 @@ impl Pooled {
                 return;
             };
             s.comp_seq = s.client.response_comp_seq();
-            if !self.answer_locally(io, sid, seq, &payload) {
+            if self.answer_locally(io, sid, seq, &payload) {
+                continue;
+            }
+            if let Some(payload) = self.translate_kill(io, sid, seq, payload) {
                 self.start_command(io, sid, seq, payload);
             }
+        }
+    }
+
+    /// A KILL names the ids the proxy's greetings gave: the session it names is marked killed
+    /// (it ends at its next command, or when its current one ends), and a command it runs is
+    /// stopped on its server thread (`KILL QUERY thread`, sent on this session's connection).
+    /// Returns the command to run: `payload` itself when it is not a KILL of a proxy id.
+    fn translate_kill(
+        &mut self,
+        io: &mut Io,
+        sid: PooledId,
+        seq: u8,
+        payload: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let target = match payload.first() {
+            Some(&COM_QUERY) => sql::kill_target(&payload[1..]),
+            Some(&COM_PROCESS_KILL) => stmt_id(&payload).map(|id| (false, u64::from(id))),
+            _ => None,
+        };
+        let Some((query_only, id)) = target else {
+            return Some(payload);
+        };
+        let found = u32::try_from(id).ok().and_then(|id| self.ps.target(id));
+        let Some(t) = found else {
+            let msg = format!("Unknown thread id: {id}");
+            self.reply_err(io, sid, seq, 1094, b"HY000", &msg);
+            return None;
+        };
+        if !query_only {
+            t.killed.store(true, Ordering::Relaxed);
+        }
+        match t.thread.load(Ordering::Relaxed) {
+            0 => {
+                self.reply_ok(io, sid, seq);
+                None
+            }
+            thread => Some(format!("\x03KILL QUERY {thread}").into_bytes()),
         }
     }
 
@@ -977,6 +1056,7 @@ impl Pooled {
             std::mem::take(&mut run.payload)
         };
         run.sent = true;
+        s.kill.thread.store(b.thread_id, Ordering::Relaxed);
         let mut pkt = Vec::with_capacity(packet.len() + 4);
         write_packet(&mut pkt, 0, &packet);
         b.run(
@@ -1283,6 +1363,7 @@ impl Pooled {
                 st.cursor = false;
             }
         }
+        s.kill.thread.store(0, Ordering::Relaxed);
         let hold = holds(s, &run, &outcome);
         log::trace!(
             "session {sid:?} command {:#x} done on {bid:?}: hold {hold:?} outcome {outcome:?}",
@@ -1555,6 +1636,7 @@ impl Pooled {
         };
         s.closed = true;
         s.client.end();
+        self.ps.unregister(s.id);
         let (sock, conn, dirty) = (s.sock, s.conn.take(), s.pins.any() || s.held.is_some());
         if let Some(user) = s.counted.take() {
             self.ps.users.disconnect(&user);

@@ -166,6 +166,8 @@ pub struct PooledBackend {
     prepared_order: VecDeque<u64>,
     /// Server statements closed to stay under [`MAX_STMTS_PER_CONN`] (read by the service).
     pub evicted: u64,
+    /// The server's id of this connection (its thread id, what KILL names).
+    pub thread_id: u32,
     /// The server's refusal of the login: code and message.
     pub last_error: Option<(u16, String)>,
 }
@@ -212,6 +214,7 @@ impl PooledBackend {
             prepared_order: VecDeque::new(),
             evicted: 0,
             last_error: None,
+            thread_id: 0,
         }
     }
 
@@ -316,6 +319,7 @@ impl PooledBackend {
         match r {
             Ok(None) => Ok(()),
             Ok(Some(caps)) => {
+                self.thread_id = login.connection_id;
                 self.login = None;
                 self.caps = caps;
                 self.tracker = ResponseTracker::new(caps);
