@@ -1911,6 +1911,11 @@ pub fn system_vars_set(sql: &[u8]) -> SysVarsSet {
             }
         }
     }
+    // Only plain names go into a read-back; anything else cannot be read back.
+    let plain =
+        |n: &Vec<u8>| !n.is_empty() && n.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_');
+    out.opaque |= !out.names.iter().all(plain);
+    out.names.retain(plain);
     out.names.sort();
     out.names.dedup();
     out

@@ -25,7 +25,7 @@ use super::pooled_client::{Event, Phase as ClientPhase, PooledClient, SHAPING};
 use super::pooled_stmt::{
     opens_cursor, rewrite_execute, stmt_id, with_stmt_id, SessionStmt, Statements,
 };
-use super::state::SessionState;
+use super::state::{Replay, SessionState};
 use super::users::{UserEntry, Users};
 use super::{BackendId, Owner, PooledId, RateLimit, Shared};
 use crate::error::Error;
@@ -976,9 +976,7 @@ impl Pooled {
         let stale = io.now().saturating_duration_since(b.last_used) >= self.ps.ping_after;
         if stale {
             let mut acts = Vec::new();
-            let mut pkt = Vec::new();
-            write_packet(&mut pkt, 0, &[COM_PING]);
-            b.run(Job::Ping, pkt, &mut acts);
+            send_job(b, Job::Ping, &[COM_PING], &mut acts);
             return self.conn_actions(io, bid, None, &[], acts);
         }
         self.run_on(io, sid, bid)
@@ -1007,16 +1005,7 @@ impl Pooled {
         let replay = s.state.replay_from(&b.state, run.stmt.last_insert_id);
         if !replay.is_empty() && !run.replayed {
             run.replayed = true;
-            if let Some(schema) = &replay.schema {
-                let mut pkt = Vec::new();
-                write_packet(&mut pkt, 0, &[&[COM_INIT_DB][..], schema].concat());
-                b.run(Job::Replay, pkt, &mut acts);
-            }
-            for q in &replay.queries {
-                let mut pkt = Vec::new();
-                write_packet(&mut pkt, 0, &[&[COM_QUERY][..], q].concat());
-                b.run(Job::Replay, pkt, &mut acts);
-            }
+            replay_jobs(b, &replay, &mut acts);
             // What the server reports as the replay runs confirms it; a failure pins.
             b.state = s.state.clone();
             return self.conn_actions(io, bid, None, &[], acts);
@@ -1027,88 +1016,25 @@ impl Pooled {
             self.login_confirmed(io, sid);
             return self.command_done(io, sid, bid);
         }
-        let code = run.code;
-        let needs_stmt = matches!(
-            code,
-            COM_STMT_EXECUTE | COM_STMT_FETCH | COM_STMT_RESET | COM_STMT_SEND_LONG_DATA
-        );
-        let packet = if needs_stmt {
-            let id = stmt_id(&run.payload).unwrap_or(0);
-            let Some(st) = s.stmts.get_mut(&id) else {
-                return;
-            };
-            let Some(&server_id) = b.prepared.get(&st.key) else {
-                let key = st.key;
-                return self.reprepare(io, sid, bid, key);
-            };
-            match code {
-                COM_STMT_EXECUTE => {
-                    st.cursor |= opens_cursor(&run.payload);
-                    rewrite_execute(&run.payload, server_id, st)
-                }
-                COM_STMT_SEND_LONG_DATA => {
-                    st.long_data = true;
-                    with_stmt_id(&run.payload, server_id)
-                }
-                _ => with_stmt_id(&run.payload, server_id),
-            }
-        } else {
-            std::mem::take(&mut run.payload)
+        let packet = match command_packet(run, &mut s.stmts, b) {
+            Ok(packet) => packet,
+            Err(Some(key)) => return self.reprepare(io, sid, bid, key),
+            Err(None) => return,
         };
         run.sent = true;
         s.kill.thread.store(b.thread_id, Ordering::Relaxed);
-        let mut pkt = Vec::with_capacity(packet.len() + 4);
-        write_packet(&mut pkt, 0, &packet);
-        b.run(
-            Job::Client {
-                prepare: run.prepare,
-            },
-            pkt,
-            &mut acts,
-        );
-        if !run.vars.is_empty() {
-            let names = run.vars.clone();
-            let mut q = b"SELECT ".to_vec();
-            for (i, n) in names.iter().enumerate() {
-                if i > 0 {
-                    q.extend_from_slice(b", ");
-                }
-                q.extend_from_slice(b"@`");
-                q.extend_from_slice(
-                    &n.iter()
-                        .flat_map(|&c| if c == b'`' { vec![c, c] } else { vec![c] })
-                        .collect::<Vec<u8>>(),
-                );
-                q.push(b'`');
-            }
-            let mut pkt = Vec::new();
-            write_packet(&mut pkt, 0, &[&[COM_QUERY][..], &q].concat());
-            b.run(Job::ReadVars(names), pkt, &mut acts);
-            io.stats.user_var_reads += 1;
+        let job = Job::Client {
+            prepare: run.prepare,
+        };
+        send_job(b, job, &packet, &mut acts);
+        io.stats.user_var_reads += u64::from(!run.vars.is_empty());
+        read_back_jobs(b, run, &mut acts);
+        let no_response = run.code == COM_STMT_SEND_LONG_DATA;
+        if no_response {
+            run.outcome = Some(Outcome::default());
         }
-        if !run.sysvars.is_empty() {
-            let mut q = b"SELECT ".to_vec();
-            for (i, n) in run.sysvars.iter().enumerate() {
-                if i > 0 {
-                    q.extend_from_slice(b", ");
-                }
-                q.extend_from_slice(b"@@session.");
-                q.extend_from_slice(n);
-            }
-            let mut pkt = Vec::new();
-            write_packet(&mut pkt, 0, &[&[COM_QUERY][..], &q].concat());
-            b.run(Job::ReadSysVars(run.sysvars.clone()), pkt, &mut acts);
-        }
-        let no_response = code == COM_STMT_SEND_LONG_DATA;
         self.conn_actions(io, bid, None, &[], acts);
         if no_response {
-            if let Some(r) = self
-                .sessions
-                .get_mut(sid.0)
-                .and_then(|s| s.running.as_mut())
-            {
-                r.outcome = Some(Outcome::default());
-            }
             self.maybe_done(io, bid);
         }
     }
@@ -1119,26 +1045,34 @@ impl Pooled {
         let Some(sqlinfo) = self.stmts.get(key).cloned() else {
             return;
         };
-        let (Some(s), Some(b)) = (self.sessions.get(sid.0), self.conns.get_mut(bid.0)) else {
+        let Some(b) = self.conns.get_mut(bid.0) else {
             return;
         };
+        let _ = sid;
         let mut acts = Vec::new();
-        let other_schema = sqlinfo.schema != b.state.schema;
-        if other_schema {
-            if let Some(schema) = &sqlinfo.schema {
-                let mut pkt = Vec::new();
-                write_packet(&mut pkt, 0, &[&[COM_INIT_DB][..], schema].concat());
-                b.run(Job::Replay, pkt, &mut acts);
-            }
+        // In the statement's schema, then back in the connection's.
+        let here = b.state.schema.clone();
+        let detour = (sqlinfo.schema != here)
+            .then(|| sqlinfo.schema.as_ref().zip(here.as_ref()))
+            .flatten();
+        if let Some((there, _)) = detour {
+            send_job(
+                b,
+                Job::Replay,
+                &[&[COM_INIT_DB][..], there].concat(),
+                &mut acts,
+            );
         }
-        let mut pkt = Vec::new();
-        write_packet(
-            &mut pkt,
-            0,
-            &[&[COM_STMT_PREPARE][..], &sqlinfo.sql].concat(),
-        );
-        b.run(Job::Prepare(key), pkt, &mut acts);
-        let _ = s;
+        let prepare = [&[COM_STMT_PREPARE][..], &sqlinfo.sql].concat();
+        send_job(b, Job::Prepare(key), &prepare, &mut acts);
+        if let Some((_, back)) = detour {
+            send_job(
+                b,
+                Job::Replay,
+                &[&[COM_INIT_DB][..], back].concat(),
+                &mut acts,
+            );
+        }
         io.stats.reprepares += 1;
         self.conn_actions(io, bid, None, &[], acts);
     }
@@ -1408,9 +1342,7 @@ impl Pooled {
         if dirty {
             io.stats.pool_resets += 1;
             let mut acts = Vec::new();
-            let mut pkt = Vec::new();
-            write_packet(&mut pkt, 0, &[COM_RESET_CONNECTION]);
-            b.run(Job::Reset, pkt, &mut acts);
+            send_job(b, Job::Reset, &[COM_RESET_CONNECTION], &mut acts);
             return self.conn_actions(io, bid, None, &[], acts);
         }
         self.conn_free(io, bid);
@@ -1541,7 +1473,9 @@ impl Pooled {
         };
         let framed = s.client.frame(bytes, &mut s.comp_seq);
         let sock = s.sock;
-        io.send_owned(sock, framed);
+        if !framed.is_empty() {
+            io.send_owned(sock, framed);
+        }
         if let Some(p) = producer {
             self.backpressure(io, sock, p);
         }
@@ -1828,6 +1762,92 @@ impl Pooled {
         }
         Ok(())
     }
+}
+
+/// Runs `job` on `b`: `payload` (a command, sequence id 0).
+fn send_job(b: &mut PooledBackend, job: Job, payload: &[u8], acts: &mut Vec<Action>) {
+    let mut pkt = Vec::with_capacity(payload.len() + HEADER_LEN);
+    write_packet(&mut pkt, 0, payload);
+    b.run(job, pkt, acts);
+}
+
+/// The statements that give `b` a session's state.
+fn replay_jobs(b: &mut PooledBackend, replay: &Replay, acts: &mut Vec<Action>) {
+    if let Some(schema) = &replay.schema {
+        send_job(b, Job::Replay, &[&[COM_INIT_DB][..], schema].concat(), acts);
+    }
+    for q in &replay.queries {
+        send_job(b, Job::Replay, &[&[COM_QUERY][..], q].concat(), acts);
+    }
+}
+
+/// The running command as `b` must get it: a statement command names `b`'s own statement id
+/// (and an EXECUTE carries parameter types). `Err(Some(key))`: statement `key` must be prepared
+/// on `b` first; `Err(None)`: the statement is gone.
+fn command_packet(
+    run: &mut Running,
+    stmts: &mut HashMap<u32, SessionStmt>,
+    b: &PooledBackend,
+) -> Result<Vec<u8>, Option<u64>> {
+    let code = run.code;
+    let names_stmt = matches!(
+        code,
+        COM_STMT_EXECUTE | COM_STMT_FETCH | COM_STMT_RESET | COM_STMT_SEND_LONG_DATA
+    );
+    if !names_stmt {
+        return Ok(std::mem::take(&mut run.payload));
+    }
+    let id = stmt_id(&run.payload).unwrap_or(0);
+    let st = stmts.get_mut(&id).ok_or(None)?;
+    let server_id = *b.prepared.get(&st.key).ok_or(Some(st.key))?;
+    Ok(match code {
+        COM_STMT_EXECUTE => {
+            st.cursor |= opens_cursor(&run.payload);
+            rewrite_execute(&run.payload, server_id, st)
+        }
+        COM_STMT_SEND_LONG_DATA => {
+            st.long_data = true;
+            with_stmt_id(&run.payload, server_id)
+        }
+        _ => with_stmt_id(&run.payload, server_id),
+    })
+}
+
+/// After a command that assigns user variables or sets system variables: their values, read
+/// back on the same connection before it can go to anyone else.
+fn read_back_jobs(b: &mut PooledBackend, run: &Running, acts: &mut Vec<Action>) {
+    if !run.vars.is_empty() {
+        let list: Vec<Vec<u8>> = run
+            .vars
+            .iter()
+            .map(|n| [&b"@"[..], &backquote(n)].concat())
+            .collect();
+        let q = [&[COM_QUERY][..], b"SELECT ", &list.join(&b", "[..])].concat();
+        send_job(b, Job::ReadVars(run.vars.clone()), &q, acts);
+    }
+    if !run.sysvars.is_empty() {
+        let list: Vec<Vec<u8>> = run
+            .sysvars
+            .iter()
+            .map(|n| [&b"@@session."[..], n].concat())
+            .collect();
+        let q = [&[COM_QUERY][..], b"SELECT ", &list.join(&b", "[..])].concat();
+        send_job(b, Job::ReadSysVars(run.sysvars.clone()), &q, acts);
+    }
+}
+
+/// `name` as a backquoted identifier.
+fn backquote(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    out.push(b'`');
+    for &c in name {
+        out.push(c);
+        if c == b'`' {
+            out.push(c);
+        }
+    }
+    out.push(b'`');
+    out
 }
 
 /// `code message` of an ERR packet (for logs).

@@ -128,6 +128,8 @@ pub struct PooledClient {
     max_packet: usize,
     /// The handshake response's payload, kept until the login is decided.
     response: Vec<u8>,
+    /// Output of a compressed connection waiting for the rest of its packet.
+    unframed: Vec<u8>,
 }
 
 impl PooledClient {
@@ -153,6 +155,7 @@ impl PooledClient {
             alg: None,
             max_packet,
             response: Vec::new(),
+            unframed: Vec::new(),
         }
     }
 
@@ -463,17 +466,33 @@ impl PooledClient {
             .map_or(0, |s| s.wrapping_add(1))
     }
 
-    /// `bytes` (ordinary packets) as the client reads them: as they are, or compressed frames
-    /// starting at compressed id `*comp_seq` (advanced).
-    pub fn frame(&self, bytes: Vec<u8>, comp_seq: &mut u8) -> Vec<u8> {
+    /// `bytes` (a piece of the ordinary packet stream) as the client reads them: as they are,
+    /// or, compressed, the whole packets so far as compressed frames starting at compressed id
+    /// `*comp_seq` (advanced); the start of a packet not whole yet waits for the rest (some
+    /// clients, mysql-connector-python's pure reader among them, cannot take a packet split
+    /// across compressed frames). Empty when nothing is ready.
+    pub fn frame(&mut self, bytes: Vec<u8>, comp_seq: &mut u8) -> Vec<u8> {
         let Some(alg) = self.alg else { return bytes };
+        let bytes = if self.unframed.is_empty() {
+            bytes
+        } else {
+            let mut joined = std::mem::take(&mut self.unframed);
+            joined.extend_from_slice(&bytes);
+            joined
+        };
+        let whole = whole_packets_len(&bytes);
+        let (bytes, rest) = (&bytes[..whole], &bytes[whole..]);
+        self.unframed = rest.to_vec();
+        if bytes.is_empty() {
+            return Vec::new();
+        }
         let mut out = Vec::with_capacity(bytes.len() / 2 + 16);
         let level = if alg == Algorithm::Zlib { 6 } else { 3 };
         // Small packets are stored (compressing them costs more than it saves).
         *comp_seq = if bytes.len() < 50 {
-            crate::protocol::compress::write_uncompressed_frame(&mut out, *comp_seq, &bytes)
+            crate::protocol::compress::write_uncompressed_frame(&mut out, *comp_seq, bytes)
         } else {
-            write_compressed_frame(&mut out, *comp_seq, &bytes, alg, level)
+            write_compressed_frame(&mut out, *comp_seq, bytes, alg, level)
         };
         out
     }
@@ -487,6 +506,19 @@ impl PooledClient {
             inf.release_idle_memory();
         }
     }
+}
+
+/// The length of the whole packets at the start of `bytes`.
+fn whole_packets_len(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(h) = bytes.get(at..at + HEADER_LEN) {
+        let end = at + HEADER_LEN + u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
+        if end > bytes.len() {
+            break;
+        }
+        at = end;
+    }
+    at
 }
 
 /// The proxy's RSA key pair for caching_sha2's full authentication, made once per process.
