@@ -111,11 +111,12 @@ stats! {
     /// and server statements closed to keep a connection under its bound.
     reprepares,
     stmt_evictions,
+    /// Prepares answered from the proxy's cache of prepare responses (no backend).
+    prepare_cache_hits,
     /// User-variable read-backs after statements that assigned them.
     user_var_reads,
     /// Commands after which the session kept its connection, by reason.
     pin_transaction,
-    pin_autocommit,
     pin_locks,
     pin_temp_table,
     pin_text_prepare,

@@ -23,7 +23,7 @@ use super::pool::{Limits, Pool, PoolKey, Waiter};
 use super::pooled_backend::{Done, Job, Outcome, Phase as ConnPhase, PooledBackend};
 use super::pooled_client::{Event, Phase as ClientPhase, PooledClient, SHAPING};
 use super::pooled_stmt::{
-    opens_cursor, rewrite_execute, stmt_id, with_stmt_id, SessionStmt, Statements,
+    opens_cursor, rewrite_execute, stmt_id, with_stmt_id, Cached, SessionStmt, Statements,
 };
 use super::state::{Replay, SessionState};
 use super::users::{UserEntry, Users};
@@ -42,6 +42,8 @@ const MAX_QUEUED: usize = 64;
 const LOOKUP_WAIT: Duration = Duration::from_secs(3);
 /// How often a login waiting for a reload checks again.
 const LOOKUP_POLL: Duration = Duration::from_millis(20);
+/// Prepare responses larger than this are not cached.
+const PREPARE_CACHE_MAX: usize = 64 * 1024;
 /// ER_UNKNOWN_STMT_HANDLER.
 const ER_UNKNOWN_STMT_HANDLER: u16 = 1243;
 /// The error a command gets when no connection became free in time (ProxySQL's code for it).
@@ -169,7 +171,6 @@ impl Pins {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Held {
     Transaction,
-    Autocommit,
     Locks,
     TempTable,
     TextPrepare,
@@ -754,8 +755,9 @@ impl Pooled {
                 true
             }
             COM_STMT_CLOSE => {
-                if let Some(id) = stmt_id(payload) {
-                    s.stmts.remove(&id);
+                let gone = stmt_id(payload).and_then(|id| s.stmts.remove(&id));
+                if let Some(st) = gone {
+                    self.stmts.release(st.key);
                 }
                 true
             }
@@ -818,7 +820,9 @@ impl Pooled {
             return;
         };
         s.state = s.baseline.clone();
-        s.stmts.clear();
+        for (_, st) in s.stmts.drain() {
+            self.stmts.release(st.key);
+        }
         s.held = None;
         let pinned = s.pins.any();
         s.pins = Pins::default();
@@ -857,9 +861,26 @@ impl Pooled {
             }
         }
         if code == COM_STMT_PREPARE {
-            let key = self.stmts.key(&payload[1..], s.state.schema.as_deref());
-            run.prepare = Some((s.next_stmt, key));
+            let key = self.stmts.acquire(&payload[1..], s.state.schema.as_deref());
+            let client_id = s.next_stmt;
             s.next_stmt = s.next_stmt.wrapping_add(1).max(1);
+            let eof = s.client.caps & CLIENT_DEPRECATE_EOF != 0;
+            if let Some(c) = self.stmts.cached(key, eof) {
+                // Answered from the cache: prepared on a connection when first executed there.
+                let mut response = c.response.clone();
+                response[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&client_id.to_le_bytes());
+                let st = SessionStmt {
+                    key,
+                    params: c.params,
+                    types: None,
+                    cursor: false,
+                    long_data: false,
+                };
+                s.stmts.insert(client_id, st);
+                io.stats.prepare_cache_hits += 1;
+                return self.send_client(io, sid, response, None);
+            }
+            run.prepare = Some((client_id, key));
         }
         run.payload = payload;
         s.running = Some(run);
@@ -1269,19 +1290,24 @@ impl Pooled {
         let outcome = run.outcome.clone().unwrap_or_default();
         s.state = b.state.clone();
         b.last_used = io.now();
-        if let Some((client_id, _)) = run.prepare {
-            if let (Some((_, params)), None) = (outcome.prepared, outcome.error) {
-                let key = run.prepare.map(|p| p.1).unwrap_or(0);
-                s.stmts.insert(
-                    client_id,
-                    SessionStmt {
+        if let Some((client_id, key)) = run.prepare {
+            match (outcome.prepared, outcome.error) {
+                (Some((_, params)), None) => {
+                    let st = SessionStmt {
                         key,
                         params,
                         types: None,
                         cursor: false,
                         long_data: false,
-                    },
-                );
+                    };
+                    s.stmts.insert(client_id, st);
+                    let eof = s.client.caps & CLIENT_DEPRECATE_EOF != 0;
+                    let response = outcome.prepare_response.clone();
+                    if response.len() <= PREPARE_CACHE_MAX {
+                        self.stmts.cache(key, eof, Cached { response, params });
+                    }
+                }
+                _ => self.stmts.release(key),
             }
         }
         update_pins(s, &run, &outcome);
@@ -1571,6 +1597,9 @@ impl Pooled {
         s.closed = true;
         s.client.end();
         self.ps.unregister(s.id);
+        for (_, st) in s.stmts.drain() {
+            self.stmts.release(st.key);
+        }
         let (sock, conn, dirty) = (s.sock, s.conn.take(), s.pins.any() || s.held.is_some());
         if let Some(user) = s.counted.take() {
             self.ps.users.disconnect(&user);
@@ -1921,7 +1950,6 @@ fn holds(s: &mut Session, run: &Running, outcome: &Outcome) -> Option<Held> {
         }
     });
     one_shot
-        .or_else(|| s.state.autocommit_off().then_some(Held::Autocommit))
         .or_else(|| p.locks.then_some(Held::Locks))
         .or_else(|| p.get_lock.then_some(Held::Other))
         .or_else(|| p.temp_table.then_some(Held::TempTable))
@@ -1935,7 +1963,6 @@ fn count_hold(io: &mut Io, reason: Held) {
     let c = &mut io.stats;
     *match reason {
         Held::Transaction => &mut c.pin_transaction,
-        Held::Autocommit => &mut c.pin_autocommit,
         Held::Locks => &mut c.pin_locks,
         Held::TempTable => &mut c.pin_temp_table,
         Held::TextPrepare => &mut c.pin_text_prepare,

@@ -115,6 +115,9 @@ pub struct Outcome {
     pub untracked_change: bool,
     /// A client prepare's server statement id and parameter count.
     pub prepared: Option<(u32, u16)>,
+    /// A client prepare's whole response (cached: the next prepare of the same statement is
+    /// answered from it).
+    pub prepare_response: Vec<u8>,
     /// Transaction characteristics are pending for the next transaction
     /// (`SET TRANSACTION ...`): the session must stay on this connection until it starts.
     pub trx_characteristics: bool,
@@ -350,7 +353,8 @@ impl PooledBackend {
         let mut pieces = std::mem::take(&mut self.pieces);
         let r = {
             let (tracker, ending) = (&mut self.tracker, &mut self.ending);
-            let internal = !matches!(self.job, Some(Job::Client { .. }));
+            // A client prepare's response is captured whole too (its metadata is cached).
+            let internal = !matches!(self.job, Some(Job::Client { prepare: None }));
             let mut decide = |p: &PacketHead<'_>| decide_packet(tracker, internal, ending, p);
             self.relay
                 .feed(data, &mut decide, &mut |piece| pieces.push(piece))
@@ -398,28 +402,44 @@ impl PooledBackend {
     /// A captured packet of a client response: read for status and state, sent on (rewritten
     /// for the client where needed).
     fn client_packet(&mut self, mut pkt: Vec<u8>, out: &mut Vec<Action>) {
-        let prepare = match self.job {
-            Some(Job::Client { prepare }) if !self.answered => prepare,
-            _ => None,
+        if let Some(Job::Client { prepare: Some(_) }) = self.job {
+            self.prepare_packet(&mut pkt, out);
+            self.outcome.prepare_response.extend_from_slice(&pkt);
+            return out.push(Action::SendPeer(pkt));
+        }
+        if pkt.get(HEADER_LEN) == Some(&ERR_HEADER) {
+            let code = pkt.get(HEADER_LEN + 1..HEADER_LEN + 3);
+            self.outcome.error = code.map(|c| u16::from_le_bytes([c[0], c[1]]));
+        }
+        if matches!(pkt.get(HEADER_LEN), Some(&(OK_HEADER | EOF_HEADER))) {
+            self.read_status(&mut pkt);
+        }
+        out.push(Action::SendPeer(pkt));
+    }
+
+    /// A packet of a client prepare's response: the prepare-OK's statement id becomes the
+    /// client's (the server's is recorded for the statement's key).
+    fn prepare_packet(&mut self, pkt: &mut [u8], out: &mut Vec<Action>) {
+        let Some(Job::Client {
+            prepare: Some((client_id, key)),
+        }) = self.job
+        else {
+            return;
         };
         match pkt.get(HEADER_LEN).copied() {
             Some(ERR_HEADER) => {
                 let code = pkt.get(HEADER_LEN + 1..HEADER_LEN + 3);
                 self.outcome.error = code.map(|c| u16::from_le_bytes([c[0], c[1]]));
             }
-            Some(OK_HEADER) if prepare.is_some() => {
-                // The prepare-OK: its statement id becomes the client's.
-                let (client_id, key) = prepare.expect("checked");
+            Some(OK_HEADER) if !self.answered => {
                 if let Some((server_id, params)) = prepare_ok(&pkt[HEADER_LEN..]) {
                     self.remember_stmt(key, server_id, out);
                     self.outcome.prepared = Some((server_id, params));
                     pkt[HEADER_LEN + 1..HEADER_LEN + 5].copy_from_slice(&client_id.to_le_bytes());
                 }
             }
-            Some(OK_HEADER | EOF_HEADER) => self.read_status(&mut pkt),
             _ => {}
         }
-        out.push(Action::SendPeer(pkt));
     }
 
     /// Records server statement `id` for `key`; a statement it replaces, and the least recently

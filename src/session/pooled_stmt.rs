@@ -19,40 +19,108 @@ pub struct StmtSql {
     pub schema: Option<Vec<u8>>,
 }
 
-/// The worker's statements by key.
+/// Statements no session holds are forgotten once the registry has more than this.
+pub const KEEP_UNUSED: usize = 4096;
+
+/// A cached prepare response, for answering the next prepare of the same statement without a
+/// backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    /// The whole response (prepare-OK, parameter and column definitions), sequence ids from 1.
+    pub response: Vec<u8>,
+    pub params: u16,
+}
+
+/// One statement of the registry.
+#[derive(Debug)]
+struct Entry {
+    sql: StmtSql,
+    /// Session statements naming it.
+    users: usize,
+    /// Its prepare response, per EOF mode (index 1: CLIENT_DEPRECATE_EOF).
+    cached: [Option<Cached>; 2],
+}
+
+/// The worker's statements by key, with their prepare responses.
 #[derive(Debug, Default)]
 pub struct Statements {
     keys: HashMap<StmtSql, u64>,
-    sql: HashMap<u64, StmtSql>,
+    entries: HashMap<u64, Entry>,
     next: u64,
 }
 
 impl Statements {
-    /// The key of `sql` prepared in `schema` (a new one the first time).
-    pub fn key(&mut self, sql: &[u8], schema: Option<&[u8]>) -> u64 {
+    /// The key of `sql` prepared in `schema` (a new one the first time), held once more (see
+    /// [`Statements::release`]).
+    pub fn acquire(&mut self, sql: &[u8], schema: Option<&[u8]>) -> u64 {
         let s = StmtSql {
             sql: sql.to_vec(),
             schema: schema.map(<[u8]>::to_vec),
         };
-        if let Some(k) = self.keys.get(&s) {
-            return *k;
+        let key = match self.keys.get(&s) {
+            Some(k) => *k,
+            None => self.insert(s),
+        };
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.users += 1;
+        }
+        key
+    }
+
+    fn insert(&mut self, sql: StmtSql) -> u64 {
+        if self.entries.len() >= KEEP_UNUSED {
+            self.forget_unused();
         }
         self.next += 1;
-        self.keys.insert(s.clone(), self.next);
-        self.sql.insert(self.next, s);
+        self.keys.insert(sql.clone(), self.next);
+        let entry = Entry {
+            sql,
+            users: 0,
+            cached: [None, None],
+        };
+        self.entries.insert(self.next, entry);
         self.next
     }
 
+    /// A session statement naming `key` is gone.
+    pub fn release(&mut self, key: u64) {
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.users = e.users.saturating_sub(1);
+        }
+    }
+
+    fn forget_unused(&mut self) {
+        let keys = &mut self.keys;
+        self.entries.retain(|_, e| {
+            let keep = e.users > 0;
+            if !keep {
+                keys.remove(&e.sql);
+            }
+            keep
+        });
+    }
+
     pub fn get(&self, key: u64) -> Option<&StmtSql> {
-        self.sql.get(&key)
+        self.entries.get(&key).map(|e| &e.sql)
+    }
+
+    /// The cached prepare response of `key` for a client with(out) CLIENT_DEPRECATE_EOF.
+    pub fn cached(&self, key: u64, deprecate_eof: bool) -> Option<&Cached> {
+        self.entries.get(&key)?.cached[usize::from(deprecate_eof)].as_ref()
+    }
+
+    pub fn cache(&mut self, key: u64, deprecate_eof: bool, c: Cached) {
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.cached[usize::from(deprecate_eof)] = Some(c);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.sql.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sql.is_empty()
+        self.entries.is_empty()
     }
 }
 
@@ -154,11 +222,31 @@ mod tests {
     #[test]
     fn keys_are_shared_by_sql_and_schema() {
         let mut s = Statements::default();
-        let a = s.key(b"SELECT ?", Some(b"db"));
-        assert_eq!(s.key(b"SELECT ?", Some(b"db")), a);
-        assert_ne!(s.key(b"SELECT ?", None), a);
+        let a = s.acquire(b"SELECT ?", Some(b"db"));
+        assert_eq!(s.acquire(b"SELECT ?", Some(b"db")), a);
+        assert_ne!(s.acquire(b"SELECT ?", None), a);
         assert_eq!(s.get(a).unwrap().schema.as_deref(), Some(&b"db"[..]));
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn unused_statements_are_forgotten_past_the_bound() {
+        let mut s = Statements::default();
+        let held = s.acquire(b"SELECT 0", None);
+        for i in 1..=KEEP_UNUSED {
+            let k = s.acquire(format!("SELECT {i}").as_bytes(), None);
+            s.release(k);
+        }
+        assert!(s.len() <= KEEP_UNUSED + 1);
+        let c = Cached {
+            response: vec![1],
+            params: 0,
+        };
+        s.cache(held, true, c.clone());
+        assert_eq!(s.cached(held, true), Some(&c));
+        assert_eq!(s.cached(held, false), None);
+        // The held statement survived the forgetting.
+        assert_eq!(s.get(held).unwrap().sql, b"SELECT 0");
     }
 
     #[test]
