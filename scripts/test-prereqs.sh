@@ -4,11 +4,13 @@
 #   mariadb  Debian's MariaDB server and client (mariadbd, mariadb-install-db, mariadb,
 #            mariadb-admin, the ed25519 auth plugin);
 #   python   python3 with a working `python3 -m venv` (python3-venv: Debian keeps ensurepip
-#            there), for the tests that drive real Python clients.
-# With no argument, both. Idempotent and non-interactive: it installs nothing when all is there,
-# runs apt-get as root or through `sudo -n` (never asks for a password), and otherwise fails
-# with the exact command to run. The test harness (tests/common/mariadb.rs) runs it by itself
-# when a binary is missing, serialised by a lock on target/.prereqs.lock.
+#            there), for the tests that drive real Python clients;
+#   sysbench sysbench (its oltp_* workloads through libmariadb), for tests/pooled_clients.rs.
+# With no argument, all three. Idempotent and non-interactive: it installs nothing when all is
+# there, runs apt-get as root or through `sudo -n` (never asks for a password), and otherwise
+# fails with the exact command to run. The test harness (tests/common/mariadb.rs; for sysbench,
+# tests/pooled_clients.rs) runs it by itself when a binary is missing, serialised by a lock on
+# target/.prereqs.lock.
 set -euo pipefail
 
 say() { printf 'test-prereqs: %s\n' "$*" >&2; }
@@ -28,14 +30,19 @@ python_ok() {
     have python3 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1
 }
 
+sysbench_ok() {
+    have sysbench
+}
+
 want=("$@")
-[[ ${#want[@]} -gt 0 ]] || want=(mariadb python)
+[[ ${#want[@]} -gt 0 ]] || want=(mariadb python sysbench)
 packages=()
 for w in "${want[@]}"; do
     case $w in
         mariadb) mariadb_ok || packages+=(mariadb-server mariadb-client) ;;
         python) python_ok || packages+=(python3 python3-venv) ;;
-        *) say "unknown part $w (mariadb, python)"; exit 2 ;;
+        sysbench) sysbench_ok || packages+=(sysbench) ;;
+        *) say "unknown part $w (mariadb, python, sysbench)"; exit 2 ;;
     esac
 done
 
@@ -65,6 +72,7 @@ for w in "${want[@]}"; do
     case $w in
         mariadb) mariadb_ok || { say "MariaDB binaries still missing after apt-get"; failed=1; } ;;
         python) python_ok || { say "python3 -m venv still unusable after apt-get"; failed=1; } ;;
+        sysbench) sysbench_ok || { say "sysbench still missing after apt-get"; failed=1; } ;;
     esac
 done
 [[ $failed -eq 0 ]] || exit 1

@@ -107,6 +107,9 @@ stats! {
     /// instead of pooled (state that cannot be reset, or the pool is past its limits).
     pool_resets,
     pool_closes,
+    /// Connections with a default schema closed (and replaced) because a session without one
+    /// was to run on them.
+    pooled_schema_swaps,
     /// Statements prepared again on a connection that had not seen them (lazy re-prepares),
     /// and server statements closed to keep a connection under its bound.
     reprepares,

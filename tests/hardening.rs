@@ -392,9 +392,14 @@ fn item11_silent_clients_end_at_the_handshake_timeout() {
     match c.read_packet() {
         Ok((seq, p)) => {
             let e = raw::parse_err(&p).expect("an ERR packet");
-            assert_eq!((seq, e.code), (1, ER_HANDSHAKE_ERROR), "{e:?}");
+            assert_eq!(
+                (seq, e.code),
+                (1, ER_HANDSHAKE_ERROR),
+                "{e:?}\n{}",
+                proxy.log()
+            );
         }
-        Err(e) => panic!("expected ERR 1043, got {e}"),
+        Err(e) => panic!("expected ERR 1043, got {e}\n{}", proxy.log()),
     }
     assert!(start.elapsed() >= Duration::from_millis(900));
     for (i, s) in silent.iter_mut().enumerate() {

@@ -2,10 +2,13 @@
 
 Owns: CPU seconds of a process tree (utime+stime from /proc/PID/stat), resident memory (VmRSS),
 TCP socket counts and memory (/proc/net/sockstat), slab usage (/proc/meminfo, /proc/slabinfo),
-free loopback ports and waiting for a port to accept. Standard library only, Linux only.
+a server's established connections by client address (ss or /proc/net/tcp), free loopback
+ports and waiting for a port to accept. Standard library only, Linux only.
 """
 import os
+import shutil
 import socket
+import subprocess
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -144,6 +147,35 @@ def kernel_memory_sample():
         "socket_slab_bytes": sum(caches.get(c, 0) for c in SOCKET_SLAB_CACHES),
         "slab_caches": caches,
     }
+
+
+def tcp_established_peers(port):
+    """{peer IPv4 address: count} of the ESTABLISHED IPv4 TCP sockets whose local port is `port`
+    (a server's accepted connections, by client address). Asks `ss` (netlink, filtered in the
+    kernel: ~20 ms with 10,000 sockets on the machine) when it is installed, else reads
+    /proc/net/tcp (~80 ms of this process's CPU for the same)."""
+    out = {}
+    ss = shutil.which("ss")
+    if ss:
+        p = subprocess.run([ss, "-Htn4", "state", "established", f"( sport = :{port} )"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if p.returncode == 0:
+            for line in p.stdout.splitlines():
+                w = line.split()
+                if len(w) >= 4:
+                    addr = w[3].rpartition(":")[0]
+                    out[addr] = out.get(addr, 0) + 1
+            return out
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            w = line.split()
+            if w[3] != "01" or int(w[1][-4:], 16) != port:
+                continue
+            ip = int(w[2][:8], 16)  # little-endian in the file
+            addr = f"{ip & 255}.{(ip >> 8) & 255}.{(ip >> 16) & 255}.{ip >> 24}"
+            out[addr] = out.get(addr, 0) + 1
+    return out
 
 
 def free_port():

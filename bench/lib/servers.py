@@ -2,9 +2,11 @@
 
 Owns: finding/building the project binaries (ringproxy, loadgen), a private MariaDB (started and
 stopped by scripts/mariadb-private, the one place that does so), loadgen's mock server,
-and the proxies compared: ringproxy, HAProxy (TCP mode), ProxySQL and MySQL Proxy 0.8 (the last
-two only when PROXYSQL_BIN / MYSQL_PROXY_BIN name binaries). Every server is a procs.Child, so it
-is stopped when the benchmark ends however it ends.
+and the proxies compared: ringproxy (pass-through, or pooled sessions only), HAProxy (TCP mode),
+ProxySQL and MySQL Proxy 0.8 (the last two only when PROXYSQL_BIN / MYSQL_PROXY_BIN name
+binaries). Every server is a procs.Child, so it is stopped when the benchmark ends however it
+ends. `SqlPipe` keeps one root client session open on a private MariaDB for frequent small
+queries (pollers).
 """
 import atexit
 import os
@@ -208,6 +210,51 @@ class MariaDB(Server):
         self.workdir.close()
 
 
+class SqlPipe:
+    """One `mariadb` client process kept open as root on a private MariaDB's socket, for queries
+    run many times a second (a poller): no process start and no login per query. `query` returns
+    the rows as lists of strings (tab-separated batch output, no column names)."""
+
+    _END = "--sqlpipe-end--"
+
+    def __init__(self, mariadb):
+        self.proc = subprocess.Popen(
+            [mariadb.cli, "--no-defaults", f"--socket={mariadb.socket}", "--protocol=SOCKET",
+             f"-u{mariadb.admin_user}", "--batch", "--skip-column-names", "--unbuffered"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            bufsize=1, start_new_session=True, preexec_fn=procs._die_with_parent)
+        atexit.register(self.close)
+
+    def query(self, sql):
+        """Runs `sql` (one statement, no trailing semicolon) and returns its rows; raises
+        RuntimeError when the client has exited (a failed statement ends a batch client)."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the mariadb client exited ({self.proc.returncode})")
+        try:
+            self.proc.stdin.write(f"{sql};\nSELECT '{self._END}';\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as e:
+            raise RuntimeError(f"the mariadb client is gone: {e}") from None
+        rows = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the mariadb client exited ({self.proc.wait()})")
+            line = line.rstrip("\n")
+            if line == self._END:
+                return rows
+            rows.append(line.split("\t"))
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
 class MockServer(Server):
     """loadgen's mock MySQL server (`loadgen serve`): answers every query with a fixed
     resultset, so a proxy in front of it is the bottleneck."""
@@ -247,6 +294,34 @@ class RingProxy(Server):
         self.child = procs.Child("ringproxy", argv, self.workdir.path / "ringproxy.log")
         self._wait_listening(15)
         log(f"ringproxy on {self.addr} -> {backend.addr} (pid {self.child.pid}, {workers} workers)")
+
+
+class RingProxyPooled(Server):
+    """ringproxy with a pooled listener only (`--pooled-listen`, no pass-through listener):
+    clients log in to the proxy itself as the one `[[users]]` entry, USER/PASSWORD with default
+    schema DB (generated into a TOML file in the temp dir), and their queries share at most
+    `pool` backend connections per backend server (`--max-backend-connections`)."""
+
+    name = "ringproxy-pooled"
+
+    def __init__(self, binary, backend, workers=2, pool=50, max_connections=None, extra=()):
+        self.workdir = Workdir("ringproxy-pooled")
+        self.port = procfs.free_port()
+        cfg = self.workdir.path / "ringproxy.toml"
+        cfg.write_text(f"""[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+default_schema = "{DB}"
+""")
+        argv = [binary, "--config", cfg, "--pooled-listen", self.addr, "--backend", backend.addr,
+                "--workers", workers, "--max-backend-connections", pool, "--log-level", "warn",
+                *extra]
+        if max_connections:
+            argv += ["--max-connections", max_connections]
+        self.child = procs.Child("ringproxy-pooled", argv, self.workdir.path / "ringproxy.log")
+        self._wait_listening(15)
+        log(f"ringproxy (pooled) on {self.addr} -> {backend.addr} (pid {self.child.pid}, "
+            f"{workers} workers, at most {pool} backend connections)")
 
 
 class HAProxy(Server):
@@ -290,11 +365,15 @@ backend mysql_out
 
 class ProxySQL(Server):
     """ProxySQL from $PROXYSQL_BIN (not packaged in Debian): `threads` MySQL worker threads,
-    monitor off, one hostgroup with the backend, user app/app."""
+    monitor off, one hostgroup with the backend, user app/app. `max_connections` caps the
+    clients (mysql-max_connections) and the user; the backend server's own cap (the hostgroup's
+    connections to it) is `server_max_connections`, by default the same. `variables` adds
+    mysql_variables lines (name: value, written as given)."""
 
     name = "proxysql"
 
-    def __init__(self, backend, threads=2, max_connections=20000):
+    def __init__(self, backend, threads=2, max_connections=20000, server_max_connections=None,
+                 variables=None):
         binary = os.environ.get("PROXYSQL_BIN")
         if not binary:
             raise Unavailable("PROXYSQL_BIN not set")
@@ -305,6 +384,8 @@ class ProxySQL(Server):
         self.port = procfs.free_port()
         admin_port = procfs.free_port()
         cfg = d / "proxysql.cnf"
+        server_max = server_max_connections or max_connections
+        extra_vars = "".join(f"    {k}={v}\n" for k, v in (variables or {}).items())
         cfg.write_text(f"""datadir="{d}"
 errorlog="{d}/proxysql.log"
 admin_variables=
@@ -322,10 +403,10 @@ mysql_variables=
     connect_timeout_server=5000
     default_query_timeout=3600000
     poll_timeout=2000
-}}
+{extra_vars}}}
 mysql_servers=
 (
-    {{ address="127.0.0.1", port={backend.port}, hostgroup=0, max_connections={max_connections} }}
+    {{ address="127.0.0.1", port={backend.port}, hostgroup=0, max_connections={server_max} }}
 )
 mysql_users=
 (

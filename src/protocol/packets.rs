@@ -58,7 +58,14 @@ pub fn parse_ok(payload: &[u8], capabilities: u32) -> Result<OkPacket<'_>> {
         };
         (info, state)
     } else {
-        (c.rest(), None)
+        // Servers send the info as a length-encoded string here too (MySQL's net_send_ok);
+        // a plain rest-of-packet string is read as such.
+        let rest = c.rest();
+        let mut lenenc = Cursor::new(rest);
+        match lenenc.lenenc_bytes() {
+            Ok(info) if lenenc.is_empty() && !rest.is_empty() => (info, None),
+            _ => (rest, None),
+        }
     };
     Ok(OkPacket {
         header,
@@ -92,8 +99,8 @@ pub fn encode_ok(ok: &OkPacket<'_>, capabilities: u32, out: &mut Vec<u8>) {
         if let Some(s) = state {
             put_lenenc_bytes(out, s);
         }
-    } else {
-        out.extend_from_slice(ok.info);
+    } else if !ok.info.is_empty() {
+        put_lenenc_bytes(out, ok.info);
     }
 }
 

@@ -467,10 +467,10 @@ mod tests {
         let mut out = vec![0xaa];
         untracked_ok(&hex(SET_NAMES), TRACKING, &mut out).unwrap();
         assert_eq!(out, hex("aa00000002000000"));
-        // The info becomes the rest of the packet.
+        // The info stays a length-encoded string, as servers send it to untracked clients.
         let mut out = Vec::new();
         untracked_ok(&hex(INSERT_2), TRACKING, &mut out).unwrap();
-        let mut want = hex("00020001000000");
+        let mut want = hex("0002000100000026");
         want.extend_from_slice(b"Records: 2  Duplicates: 0  Warnings: 0");
         assert_eq!(out, want);
         let o = parse_ok_tracked(&out, PLAIN).unwrap();
@@ -488,7 +488,7 @@ mod tests {
 
     #[test]
     fn untracked_ok_of_untracked_payload_is_identity() {
-        let mut b = hex("00010002000000");
+        let mut b = hex("0001000200000009");
         b.extend_from_slice(b"some info");
         let mut out = Vec::new();
         untracked_ok(&b, PLAIN, &mut out).unwrap();

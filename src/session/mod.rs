@@ -138,7 +138,12 @@ impl Shared {
             send_high_water: config.send_high_water,
             handshake_timeout: ms(config.handshake_timeout_ms),
             idle_timeout: (config.idle_timeout_ms > 0).then(|| ms(config.idle_timeout_ms)),
-            prewarm: config.prewarm,
+            // Prewarmed connections serve pass-through clients only.
+            prewarm: if config.listen.is_empty() {
+                0
+            } else {
+                config.prewarm
+            },
             prewarm_max_age: ms(config.prewarm_max_age_ms),
             backend_handshake_timeout: ms(config.backend_handshake_timeout_ms),
             pooled: None,

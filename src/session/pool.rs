@@ -118,6 +118,11 @@ impl<S: PartialEq + Copy> Pool<S> {
         self.waiting.pop_front()
     }
 
+    /// `w` (taken with [`Pool::first_waiter`]) goes back to the head of the line.
+    pub fn wait_first(&mut self, w: Waiter<S>) {
+        self.waiting.push_front(w);
+    }
+
     /// `session` no longer waits (it left or timed out).
     pub fn cancel_wait(&mut self, session: S) {
         self.waiting.retain(|w| w.session != session);

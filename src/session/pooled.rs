@@ -13,14 +13,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::action::Action;
 use super::login::Credentials;
 use super::pool::{Limits, Pool, PoolKey, Waiter};
-use super::pooled_backend::{Done, Job, Outcome, Phase as ConnPhase, PooledBackend};
+use super::pooled_backend::{
+    user_var_columns, Done, Job, Outcome, Phase as ConnPhase, PooledBackend,
+};
 use super::pooled_client::{Event, Phase as ClientPhase, PooledClient, SHAPING};
 use super::pooled_stmt::{
     opens_cursor, rewrite_execute, stmt_id, with_stmt_id, Cached, SessionStmt, Statements,
@@ -48,6 +50,9 @@ const PREPARE_CACHE_MAX: usize = 64 * 1024;
 const ER_UNKNOWN_STMT_HANDLER: u16 = 1243;
 /// The error a command gets when no connection became free in time (ProxySQL's code for it).
 const ER_POOL_TIMEOUT: u16 = 9001;
+/// How long a connection may go on with the command of a client that left before it is
+/// closed instead of pooled.
+const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 
 /// What the workers share for pooled sessions.
 #[derive(Debug)]
@@ -66,6 +71,9 @@ pub struct PooledShared {
     next_conn_id: AtomicU32,
     /// Every pooled session by the connection id its greeting gave (what KILL names).
     registry: Mutex<HashMap<u32, Arc<KillTarget>>>,
+    /// Workers whose sessions wait for a connection now. The connection limit is shared, the
+    /// pools are not: a worker with idle connections closes them while another one starves.
+    hungry: AtomicUsize,
 }
 
 /// What a KILL from another session needs of a session: the server thread running its
@@ -92,6 +100,7 @@ impl PooledShared {
             failures: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU32::new(1),
             registry: Mutex::new(HashMap::new()),
+            hungry: AtomicUsize::new(0),
         }
     }
 
@@ -298,6 +307,8 @@ pub struct Pooled {
     warnings: RateLimit,
     draining: bool,
     handoffs: Vec<Handoff>,
+    /// This worker is counted in [`PooledShared::hungry`].
+    hungry: bool,
 }
 
 impl Pooled {
@@ -319,6 +330,7 @@ impl Pooled {
             warnings: RateLimit::new(Duration::from_secs(5)),
             draining: false,
             handoffs: Vec::new(),
+            hungry: false,
         }
     }
 
@@ -477,7 +489,9 @@ impl Pooled {
         let mut events = Vec::new();
         s.client.check(stored, cached, &fresh, &mut events);
         if let Some(e) = entry {
-            let db = login.database.clone().or(e.default_schema.clone());
+            // Some clients name an empty database when they mean none.
+            let named = login.database.clone().filter(|d| !d.is_empty());
+            let db = named.or(e.default_schema.clone());
             s.cred = Some(Credentials {
                 user: login.user.clone(),
                 password: String::new(),
@@ -558,6 +572,7 @@ impl Pooled {
             }
         }
         let db = cred.db.clone().map(String::into_bytes);
+        log::trace!("session {sid:?}: {user} logs in, schema {:?}", cred.db);
         s.state.schema = db;
         s.running = Some(Running {
             login: true,
@@ -861,7 +876,8 @@ impl Pooled {
             }
         }
         if code == COM_STMT_PREPARE {
-            let key = self.stmts.acquire(&payload[1..], s.state.schema.as_deref());
+            let charset = s.key.as_ref().map_or(0, |k| k.charset);
+            let key = self.stmts.acquire(&payload[1..], &s.state, charset);
             let client_id = s.next_stmt;
             s.next_stmt = s.next_stmt.wrapping_add(1).max(1);
             let eof = s.client.caps & CLIENT_DEPRECATE_EOF != 0;
@@ -900,8 +916,12 @@ impl Pooled {
         let Some(key) = s.key.clone() else { return };
         let (last, fp) = (s.last_conn, s.state.fingerprint());
         let conns = &self.conns;
+        let schemaless = s.state.schema.is_none();
         let prefer = |b: BackendId| {
-            Some(b) == last || conns.get(b.0).is_some_and(|c| c.state.fingerprint() == fp)
+            let c = conns.get(b.0);
+            Some(b) == last
+                || c.is_some_and(|c| c.state.fingerprint() == fp)
+                || c.is_some_and(|c| schemaless && c.state.schema.is_none())
         };
         if let Some(bid) = self.pool.take(&key, prefer) {
             let same = self
@@ -944,6 +964,7 @@ impl Pooled {
             key,
             since: now,
         });
+        self.update_hungry();
         io.set_timer(now + self.ps.wait_timeout, Owner::Pooled(sid).token());
     }
 
@@ -1022,13 +1043,22 @@ impl Pooled {
             s.state = b.baseline.clone();
             s.state.schema = schema;
         }
+        if s.state.schema.is_none() && b.state.schema.is_some() {
+            return self.swap_for_schemaless(io, sid, bid);
+        }
         let mut acts = Vec::new();
         let replay = s.state.replay_from(&b.state, run.stmt.last_insert_id);
         if !replay.is_empty() && !run.replayed {
             run.replayed = true;
             replay_jobs(b, &replay, &mut acts);
             // What the server reports as the replay runs confirms it; a failure pins.
+            // LAST_INSERT_ID() was only replayed when the command reads it.
+            let last_insert_id = match run.stmt.last_insert_id {
+                true => s.state.last_insert_id,
+                false => b.state.last_insert_id,
+            };
             b.state = s.state.clone();
+            b.state.last_insert_id = last_insert_id;
             return self.conn_actions(io, bid, None, &[], acts);
         }
         if run.login {
@@ -1060,6 +1090,25 @@ impl Pooled {
         }
     }
 
+    /// A session without a default schema cannot run on a connection that has one (no
+    /// statement unsets it): that connection is closed and a new one opened in its place.
+    fn swap_for_schemaless(&mut self, io: &mut Io, sid: PooledId, bid: BackendId) {
+        self.close_conn(io, bid);
+        io.stats.pooled_schema_swaps += 1;
+        let Some(key) = self.sessions.get(sid.0).and_then(|s| s.key.clone()) else {
+            return;
+        };
+        let opened = self.open_conn(io, &key, Some(sid));
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        s.conn = opened;
+        if opened.is_none() {
+            io.stats.pooled_conns_held = io.stats.pooled_conns_held.saturating_sub(1);
+            self.acquire(io, sid);
+        }
+    }
+
     /// Prepares statement `key` on `bid` (in the schema it was prepared in) before the
     /// session's command that needs it.
     fn reprepare(&mut self, io: &mut Io, sid: PooledId, bid: BackendId, key: u64) {
@@ -1071,11 +1120,12 @@ impl Pooled {
         };
         let _ = sid;
         let mut acts = Vec::new();
-        // In the statement's schema, then back in the connection's.
+        // In the statement's schema and parse state, then back in the connection's.
         let here = b.state.schema.clone();
         let detour = (sqlinfo.schema != here)
             .then(|| sqlinfo.schema.as_ref().zip(here.as_ref()))
             .flatten();
+        let parsing = b.state.parse_detour(&sqlinfo.parse_vars);
         if let Some((there, _)) = detour {
             send_job(
                 b,
@@ -1084,8 +1134,24 @@ impl Pooled {
                 &mut acts,
             );
         }
+        if let Some((there, _)) = &parsing {
+            send_job(
+                b,
+                Job::Replay,
+                &[&[COM_QUERY][..], there].concat(),
+                &mut acts,
+            );
+        }
         let prepare = [&[COM_STMT_PREPARE][..], &sqlinfo.sql].concat();
         send_job(b, Job::Prepare(key), &prepare, &mut acts);
+        if let Some((_, back)) = &parsing {
+            send_job(
+                b,
+                Job::Replay,
+                &[&[COM_QUERY][..], back].concat(),
+                &mut acts,
+            );
+        }
         if let Some((_, back)) = detour {
             send_job(
                 b,
@@ -1269,7 +1335,7 @@ impl Pooled {
             return;
         }
         let Some(sid) = b.session else {
-            return self.conn_free(io, bid);
+            return self.orphan_done(io, bid);
         };
         let running = self.sessions.get(sid.0).and_then(|s| s.running.as_ref());
         match running {
@@ -1280,6 +1346,21 @@ impl Pooled {
         }
     }
 
+    /// An idle connection without a session: one that finished a left client's command is
+    /// reset first, then it is free.
+    fn orphan_done(&mut self, io: &mut Io, bid: BackendId) {
+        let Some(b) = self.conns.get_mut(bid.0) else {
+            return;
+        };
+        if b.orphaned.take().is_none() {
+            return self.conn_free(io, bid);
+        }
+        io.stats.pool_resets += 1;
+        let mut acts = Vec::new();
+        send_job(b, Job::Reset, &[COM_RESET_CONNECTION], &mut acts);
+        self.conn_actions(io, bid, None, &[], acts);
+    }
+
     /// The session's command ended: its state is the connection's now; the connection goes
     /// back unless something holds it; the next command starts.
     fn command_done(&mut self, io: &mut Io, sid: PooledId, bid: BackendId) {
@@ -1288,7 +1369,14 @@ impl Pooled {
         };
         let run = s.running.take().unwrap_or_default();
         let outcome = run.outcome.clone().unwrap_or_default();
+        // The session's LAST_INSERT_ID() changes only with an id its own command generated;
+        // the connection's may be another session's.
+        let last_insert_id = match outcome.last_insert_id {
+            0 => s.state.last_insert_id,
+            id => id,
+        };
         s.state = b.state.clone();
+        s.state.last_insert_id = last_insert_id;
         b.last_used = io.now();
         if let Some((client_id, key)) = run.prepare {
             match (outcome.prepared, outcome.error) {
@@ -1361,9 +1449,12 @@ impl Pooled {
         };
         b.session = None;
         if !b.is_idle() {
-            // Mid-response (the client left): nothing can reuse it.
-            io.stats.pool_closes += 1;
-            return self.close_conn(io, bid);
+            // Mid-response (the client left): the response is read to its end and dropped,
+            // then the connection is reset; it stays counted against the limit meanwhile.
+            b.orphaned = Some(io.now());
+            io.resume_read(b.sock);
+            io.set_timer(io.now() + ORPHAN_GRACE, Owner::PooledConn(bid).token());
+            return;
         }
         if dirty {
             io.stats.pool_resets += 1;
@@ -1409,9 +1500,67 @@ impl Pooled {
             }
             return self.acquire(io, w.session);
         }
+        if self.others_hungry() {
+            // Another worker's sessions wait at the shared limit: the room is theirs.
+            io.stats.pool_closes += 1;
+            return self.close_conn(io, bid);
+        }
         self.pool.put(key, bid);
         if let Some(t) = self.ps.idle_timeout {
             io.set_timer(now + t, Owner::PooledConn(bid).token());
+        }
+    }
+
+    // ---- the shared limit between workers ----
+
+    /// Publishes whether this worker's sessions wait for a connection.
+    fn update_hungry(&mut self) {
+        let hungry = self.pool.waiting() > 0;
+        if hungry != self.hungry {
+            self.hungry = hungry;
+            match hungry {
+                true => self.ps.hungry.fetch_add(1, Ordering::Relaxed),
+                false => self.ps.hungry.fetch_sub(1, Ordering::Relaxed),
+            };
+        }
+    }
+
+    /// Whether another worker's sessions wait for a connection.
+    fn others_hungry(&self) -> bool {
+        self.ps.hungry.load(Ordering::Relaxed) > usize::from(self.hungry)
+    }
+
+    /// Every worker tick: waiters get the room the limit has again, and while another worker
+    /// starves, an idle connection of this one is closed to make room.
+    pub fn tick(&mut self, io: &mut Io) {
+        self.serve_waiters(io);
+        self.update_hungry();
+        if !self.hungry && self.others_hungry() {
+            if let Some((_, bid)) = self.pool.take_any() {
+                io.stats.pool_closes += 1;
+                self.close_conn(io, bid);
+            }
+        }
+    }
+
+    /// Opens connections for the waiters, in order, while the limit has room.
+    fn serve_waiters(&mut self, io: &mut Io) {
+        while let Some(w) = self.pool.first_waiter() {
+            let waits = self
+                .sessions
+                .get(w.session.0)
+                .is_some_and(|s| !s.closed && s.waiting_since.is_some());
+            if !waits {
+                continue;
+            }
+            let Some(bid) = self.open_conn(io, &w.key, Some(w.session)) else {
+                return self.pool.wait_first(w);
+            };
+            if let Some(s) = self.sessions.get_mut(w.session.0) {
+                s.conn = Some(bid);
+                s.waiting_since = None;
+                io.stats.pooled_conns_held += 1;
+            }
         }
     }
 
@@ -1653,7 +1802,10 @@ impl Pooled {
         let Some(s) = self.sessions.get_mut(sid.0).filter(|s| !s.closed) else {
             return;
         };
-        if !s.client.authenticated() {
+        // Once the password is checked the client has done its part: a login that waits for
+        // a connection is bound by pool_wait_timeout_ms, like any command.
+        let confirming = s.client.phase() == ClientPhase::Confirm;
+        if !s.client.authenticated() && !confirming {
             if now >= s.client.accepted_at + self.shared.handshake_timeout {
                 io.stats.handshake_timeouts += 1;
                 return self.end_session(io, sid, Some(Error::handshake_timeout()));
@@ -1723,6 +1875,11 @@ impl Pooled {
                 return self.conn_failed(io, bid, "login timed out".into());
             }
             return;
+        }
+        if b.orphaned.is_some_and(|t| now >= t + ORPHAN_GRACE) {
+            // A left client's command that does not end (it may wait for the client).
+            io.stats.pool_closes += 1;
+            return self.close_conn(io, bid);
         }
         if b.session.is_some() || !b.is_idle() {
             return;
@@ -1849,7 +2006,7 @@ fn read_back_jobs(b: &mut PooledBackend, run: &Running, acts: &mut Vec<Action>) 
         let list: Vec<Vec<u8>> = run
             .vars
             .iter()
-            .map(|n| [&b"@"[..], &backquote(n)].concat())
+            .map(|n| user_var_columns(&backquote(n)))
             .collect();
         let q = [&[COM_QUERY][..], b"SELECT ", &list.join(&b", "[..])].concat();
         send_job(b, Job::ReadVars(run.vars.clone()), &q, acts);

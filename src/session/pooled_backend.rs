@@ -132,6 +132,9 @@ pub struct PooledBackend {
     pub key: PoolKey,
     /// The session holding it now.
     pub session: Option<PooledId>,
+    /// Since when it finishes a command for a client that left (the rest of the response is
+    /// read and dropped; then it is reset and pooled).
+    pub orphaned: Option<Instant>,
     pub opened_at: Instant,
     pub last_used: Instant,
     /// What the connection's session state is.
@@ -194,6 +197,7 @@ impl PooledBackend {
             server,
             key,
             session: None,
+            orphaned: None,
             opened_at: now,
             last_used: now,
             state: SessionState::default(),
@@ -580,15 +584,15 @@ impl PooledBackend {
             }
             Some(Job::Replay) => Done::Replayed(Ok(())),
             Some(Job::ReadVars(names)) => {
-                let vars = read_vars(&names, &packets);
+                let vars = read_user_vars(&names, &packets);
                 for (name, var) in &vars {
                     self.state.user_vars.insert(name.clone(), var.clone());
                 }
                 Done::Vars(vars)
             }
             Some(Job::ReadSysVars(names)) if !failed => {
-                for (name, var) in read_vars(&names, &packets) {
-                    if let Some(v) = var.value {
+                for (name, value) in read_sysvars(&names, &packets) {
+                    if let Some(v) = value {
                         self.state.set_var(&name, &v);
                     }
                 }
@@ -677,28 +681,86 @@ fn decide_packet(
     })
 }
 
-/// The values of a `SELECT @a, @b…` response (column definitions give the types).
-fn read_vars(names: &[Vec<u8>], packets: &[Vec<u8>]) -> Vec<(Vec<u8>, UserVar)> {
-    let n = names.len();
+/// The column definitions and the values of the one row of a `SELECT` of `n` columns.
+fn one_row(packets: &[Vec<u8>], n: usize) -> (&[Vec<u8>], Vec<Option<Vec<u8>>>) {
     // Column count, n definitions, [EOF], one row, terminator.
     let defs = packets.get(1..1 + n).unwrap_or(&[]);
     let row = packets.iter().skip(1 + n).find(|p| {
         let f = p.get(HEADER_LEN).copied();
         f != Some(EOF_HEADER) || p.len() - HEADER_LEN >= 9
     });
-    let mut values = Vec::with_capacity(n);
     let mut c = Cursor::new(row.map_or(&[][..], |r| &r[HEADER_LEN..]));
-    for (i, name) in names.iter().enumerate() {
-        let value = match c.peek_u8() {
+    let values = (0..n)
+        .map(|_| match c.peek_u8() {
             Ok(0xfb) => c.skip(1).ok().and(None),
             _ => c.lenenc_bytes().ok().map(<[u8]>::to_vec),
-        };
+        })
+        .collect();
+    (defs, values)
+}
+
+/// The values of a `SELECT @@session.a, @@session.b…` response.
+fn read_sysvars(names: &[Vec<u8>], packets: &[Vec<u8>]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let (_, values) = one_row(packets, names.len());
+    names.iter().cloned().zip(values).collect()
+}
+
+/// The values of the user-variable read-back (`user_var_columns` for each name): the column
+/// definitions give the types, a string is taken from its hexadecimal form (exact bytes) with
+/// its character set and collation.
+fn read_user_vars(names: &[Vec<u8>], packets: &[Vec<u8>]) -> Vec<(Vec<u8>, UserVar)> {
+    let (defs, values) = one_row(packets, names.len() * 4);
+    let mut values = values.into_iter();
+    let mut out = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let mut next = || values.next().flatten();
+        let (value, hex, charset, collation) = (next(), next(), next(), next());
         let ty = defs
-            .get(i)
+            .get(i * 4)
             .map_or(VarType::Text, |d| column_type(&d[HEADER_LEN..]));
-        values.push((name.clone(), UserVar { value, ty }));
+        let mut var = UserVar {
+            value,
+            ty,
+            charset: None,
+        };
+        if ty == VarType::Text && var.value.is_some() {
+            if let (Some(bytes), Some(cs), Some(coll)) =
+                (hex.and_then(|h| unhex(&h)), charset, collation)
+            {
+                var.value = Some(bytes);
+                var.charset = Some((cs, coll));
+            }
+        }
+        out.push((name.clone(), var));
     }
-    values
+    out
+}
+
+/// The columns that read user variable `@name` back: value, HEX(), CHARSET(), COLLATION().
+pub fn user_var_columns(quoted: &[u8]) -> Vec<u8> {
+    let v = [&b"@"[..], quoted].concat();
+    [
+        &v[..],
+        b", HEX(",
+        &v,
+        b"), CHARSET(",
+        &v,
+        b"), COLLATION(",
+        &v,
+        b")",
+    ]
+    .concat()
+}
+
+/// Bytes of a hexadecimal string (`None` if it is not one).
+fn unhex(h: &[u8]) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    h.chunks(2)
+        .map(|p| match p {
+            [a, b] => Some(digit(*a)? << 4 | digit(*b)?),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The value type of a column definition (protocol 4.1).

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use super::state::SessionState;
 use crate::protocol::constants::*;
 
 /// What the registry knows of a statement.
@@ -17,6 +18,10 @@ pub struct StmtSql {
     pub sql: Vec<u8>,
     /// The schema it was prepared in (a re-prepare runs there).
     pub schema: Option<Vec<u8>>,
+    /// What the server parsed it under: the login's character set and the session's
+    /// [`PARSE_VARS`] (a re-prepare sets them for the prepare).
+    pub charset: u8,
+    pub parse_vars: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Statements no session holds are forgotten once the registry has more than this.
@@ -50,12 +55,14 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// The key of `sql` prepared in `schema` (a new one the first time), held once more (see
-    /// [`Statements::release`]).
-    pub fn acquire(&mut self, sql: &[u8], schema: Option<&[u8]>) -> u64 {
+    /// The key of `sql` prepared by a session in `state` that logged in with `charset` (a new
+    /// one the first time), held once more (see [`Statements::release`]).
+    pub fn acquire(&mut self, sql: &[u8], state: &SessionState, charset: u8) -> u64 {
         let s = StmtSql {
             sql: sql.to_vec(),
-            schema: schema.map(<[u8]>::to_vec),
+            schema: state.schema.clone(),
+            charset,
+            parse_vars: state.parse_vars(),
         };
         let key = match self.keys.get(&s) {
             Some(k) => *k,
@@ -219,22 +226,47 @@ mod tests {
         }
     }
 
+    fn in_schema(schema: Option<&str>) -> SessionState {
+        SessionState {
+            schema: schema.map(|s| s.as_bytes().to_vec()),
+            ..SessionState::default()
+        }
+    }
+
     #[test]
-    fn keys_are_shared_by_sql_and_schema() {
+    fn keys_are_shared_by_sql_schema_and_parse_state() {
         let mut s = Statements::default();
-        let a = s.acquire(b"SELECT ?", Some(b"db"));
-        assert_eq!(s.acquire(b"SELECT ?", Some(b"db")), a);
-        assert_ne!(s.acquire(b"SELECT ?", None), a);
+        let db = in_schema(Some("db"));
+        let a = s.acquire(b"SELECT ?", &db, 45);
+        assert_eq!(s.acquire(b"SELECT ?", &db, 45), a);
+        assert_ne!(s.acquire(b"SELECT ?", &in_schema(None), 45), a);
+        assert_ne!(
+            s.acquire(b"SELECT ?", &db, 8),
+            a,
+            "another login character set"
+        );
+        let mut latin1 = db.clone();
+        latin1.set_var(b"character_set_connection", b"latin1");
+        latin1.set_var(b"time_zone", b"+01:00");
+        let b = s.acquire(b"SELECT ?", &latin1, 45);
+        assert_ne!(b, a, "another connection character set");
+        let mut tz = latin1.clone();
+        tz.set_var(b"time_zone", b"+02:00");
+        assert_eq!(
+            s.acquire(b"SELECT ?", &tz, 45),
+            b,
+            "the time zone is not parse state"
+        );
         assert_eq!(s.get(a).unwrap().schema.as_deref(), Some(&b"db"[..]));
-        assert_eq!(s.len(), 2);
+        assert_eq!(s.len(), 4);
     }
 
     #[test]
     fn unused_statements_are_forgotten_past_the_bound() {
         let mut s = Statements::default();
-        let held = s.acquire(b"SELECT 0", None);
+        let held = s.acquire(b"SELECT 0", &in_schema(None), 0);
         for i in 1..=KEEP_UNUSED {
-            let k = s.acquire(format!("SELECT {i}").as_bytes(), None);
+            let k = s.acquire(format!("SELECT {i}").as_bytes(), &in_schema(None), 0);
             s.release(k);
         }
         assert!(s.len() <= KEEP_UNUSED + 1);

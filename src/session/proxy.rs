@@ -1013,6 +1013,9 @@ impl Service for Proxy {
 
     fn on_tick(&mut self, io: &mut Io, _now: Instant) {
         self.prewarm(io);
+        if let Some(p) = self.pooled.as_mut() {
+            p.tick(io);
+        }
         self.resume_after_memory(io);
     }
 

@@ -21,8 +21,11 @@ pub enum VarType {
 /// A user variable's value as read back from the server; `None` is SQL NULL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserVar {
+    /// The value (a string's exact bytes in its own character set).
     pub value: Option<Vec<u8>>,
     pub ty: VarType,
+    /// A string's character set and collation (what CHARSET() and COLLATION() give).
+    pub charset: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Session state that lives on the server side of a connection.
@@ -123,6 +126,33 @@ impl SessionState {
         }
     }
 
+    /// The values of [`PARSE_VARS`] the session set (what a statement is parsed under).
+    pub fn parse_vars(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        PARSE_VARS
+            .iter()
+            .filter_map(|n| Some((n.to_vec(), self.vars.get(*n)?.clone())))
+            .collect()
+    }
+
+    /// The statements that put a connection in this state into parse state `vars` (as
+    /// [`SessionState::parse_vars`] gives it) and back, when it is not there already.
+    pub fn parse_detour(&self, vars: &[(Vec<u8>, Vec<u8>)]) -> Option<(Vec<u8>, Vec<u8>)> {
+        let (mut there, mut back) = (Vec::new(), Vec::new());
+        for name in PARSE_VARS {
+            let want = vars
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_slice());
+            let have = self.vars.get(name).map(Vec::as_slice);
+            if want != have {
+                there.push(set_session(name, want));
+                back.push(set_session(name, have));
+            }
+        }
+        let set = |sets: Vec<Vec<u8>>| [&b"SET "[..], &sets.join(&b", "[..])].concat();
+        (!there.is_empty()).then(|| (set(there), set(back)))
+    }
+
     /// The character set strings travel in on this session's connection.
     fn charset(&self) -> &[u8] {
         self.vars
@@ -130,6 +160,15 @@ impl SessionState {
             .map_or(b"utf8mb4", Vec::as_slice)
     }
 }
+
+/// The session variables that change how the server parses a statement's text (its literals'
+/// character set and collation, quoting and operators).
+pub const PARSE_VARS: [&[u8]; 4] = [
+    b"character_set_client",
+    b"character_set_connection",
+    b"collation_connection",
+    b"sql_mode",
+];
 
 /// `SESSION name = value` (or `= DEFAULT`): numbers unquoted, everything else a quoted string.
 fn set_session(name: &[u8], value: Option<&[u8]>) -> Vec<u8> {
@@ -145,7 +184,8 @@ fn set_session(name: &[u8], value: Option<&[u8]>) -> Vec<u8> {
 }
 
 /// `@name = value` with the value typed as it was on the server (NULL for `None`); strings
-/// as hexadecimal literals converted to `charset`, so no byte of them needs escaping.
+/// as hexadecimal literals (no byte of them needs escaping) in their own character set and
+/// collation, or else converted to `charset`.
 fn set_user_var(name: &[u8], var: Option<&UserVar>, charset: &[u8]) -> Vec<u8> {
     let mut out = b"@".to_vec();
     out.extend_from_slice(&backquote(name));
@@ -160,18 +200,38 @@ fn set_user_var(name: &[u8], var: Option<&UserVar>, charset: &[u8]) -> Vec<u8> {
                 out.extend_from_slice(b"e0");
             }
         }
-        Some((v, _)) if v.is_empty() => out.extend_from_slice(b"''"),
         Some((v, _)) => {
-            out.extend_from_slice(b"CONVERT(X'");
-            for b in v {
-                out.extend_from_slice(format!("{b:02X}").as_bytes());
+            let own = var.and_then(|v| v.charset.as_ref());
+            match own {
+                Some((cs, _)) if cs.as_slice() == b"binary" => hex_literal(v, &mut out),
+                Some((cs, collation)) => {
+                    converted(v, cs, &mut out);
+                    out.extend_from_slice(b" COLLATE ");
+                    out.extend_from_slice(&identifier(collation));
+                }
+                None => converted(v, charset, &mut out),
             }
-            out.extend_from_slice(b"' USING ");
-            out.extend_from_slice(&identifier(charset));
-            out.push(b')');
         }
     }
     out
+}
+
+/// `CONVERT(X'…' USING charset)`.
+fn converted(v: &[u8], charset: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"CONVERT(");
+    hex_literal(v, out);
+    out.extend_from_slice(b" USING ");
+    out.extend_from_slice(&identifier(charset));
+    out.push(b')');
+}
+
+/// `X'…'` (`X''` for the empty string).
+fn hex_literal(v: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"X'");
+    for b in v {
+        out.extend_from_slice(format!("{b:02X}").as_bytes());
+    }
+    out.push(b'\'');
 }
 
 /// True for a plain decimal number: `-12`, `3.25`, `1e-5`.
@@ -267,6 +327,7 @@ mod tests {
         let var = |v: &str, ty| UserVar {
             value: Some(v.as_bytes().to_vec()),
             ty,
+            charset: None,
         };
         want.user_vars
             .insert(b"i".to_vec(), var("42", VarType::Integer));
@@ -279,16 +340,44 @@ mod tests {
             UserVar {
                 value: None,
                 ty: VarType::Text,
+                charset: None,
             },
         );
+        let own = |v: &str, cs: &str, coll: &str| UserVar {
+            charset: Some((cs.as_bytes().to_vec(), coll.as_bytes().to_vec())),
+            ..var(v, VarType::Text)
+        };
+        want.user_vars
+            .insert(b"l".to_vec(), own("\u{e9}", "latin1", "latin1_bin"));
+        want.user_vars
+            .insert(b"b".to_vec(), own("", "binary", "binary"));
         let mut have = SessionState::default();
         have.user_vars
             .insert(b"gone".to_vec(), var("1", VarType::Integer));
         let r = String::from_utf8(want.replay_from(&have, false).queries.concat()).unwrap();
         assert_eq!(
             r,
-            "SET @`d` = 1.5e0, @`i` = 42, @`n` = NULL, @`s` = CONVERT(X'682769' USING utf8mb4), @`gone` = NULL"
+            "SET @`b` = X'', @`d` = 1.5e0, @`i` = 42, \
+             @`l` = CONVERT(X'C3A9' USING latin1) COLLATE latin1_bin, @`n` = NULL, \
+             @`s` = CONVERT(X'682769' USING utf8mb4), @`gone` = NULL"
         );
+    }
+
+    #[test]
+    fn a_parse_detour_sets_what_differs_and_restores_it() {
+        let conn = state(&[
+            ("sql_mode", "ANSI_QUOTES"),
+            ("character_set_client", "utf8mb4"),
+        ]);
+        let stmt = state(&[("character_set_client", "utf8mb4"), ("time_zone", "+01:00")]);
+        assert_eq!(
+            conn.parse_detour(&stmt.parse_vars()),
+            Some((
+                b"SET SESSION sql_mode = DEFAULT".to_vec(),
+                b"SET SESSION sql_mode = 'ANSI_QUOTES'".to_vec()
+            ))
+        );
+        assert_eq!(conn.parse_detour(&conn.parse_vars()), None);
     }
 
     #[test]

@@ -42,7 +42,12 @@ pub const APP_PASS: &str = "app";
 pub const APP_DB: &str = "app";
 
 /// The Python client libraries of `python_env()`, pinned (checked to install from PyPI).
-pub const PYTHON_REQUIREMENTS: &[&str] = &["PyMySQL==1.2.4", "mysql-connector-python==26.10.0"];
+pub const PYTHON_REQUIREMENTS: &[&str] = &[
+    "PyMySQL==1.2.4",
+    "mysql-connector-python==26.10.0",
+    // PyMySQL's caching_sha2_password full authentication without TLS (RSA), in pooled mode.
+    "cryptography==50.0.2",
+];
 
 const MARIADB_BINARIES: [&str; 4] = ["mariadbd", "mariadb-install-db", "mariadb", "mariadb-admin"];
 

@@ -37,6 +37,19 @@ pub struct Proxy {
 impl Proxy {
     /// Starts `ringproxy` in front of 127.0.0.1:`backend_port`, waiting until it accepts TCP.
     pub fn start(backend_port: u16, extra_args: &[&str]) -> Proxy {
+        Proxy::launch("--listen", backend_port, extra_args)
+    }
+
+    /// Starts `ringproxy` with a pooled listener (`--pooled-listen`) on a free port of
+    /// 127.0.0.1 and no pass-through listener, in front of 127.0.0.1:`backend_port`, waiting
+    /// until it accepts TCP; `port` is the pooled listener's.
+    pub fn start_pooled(backend_port: u16, extra_args: &[&str]) -> Proxy {
+        Proxy::launch("--pooled-listen", backend_port, extra_args)
+    }
+
+    /// Starts `ringproxy` with its listener `listen_flag` (`--listen`, `--pooled-listen`) on a
+    /// free port.
+    fn launch(listen_flag: &str, backend_port: u16, extra_args: &[&str]) -> Proxy {
         let log_dir = tempfile::Builder::new()
             .prefix("ringproxy-log-")
             .tempdir()
@@ -46,7 +59,7 @@ impl Proxy {
             let port = free_port();
             let log = File::create(&log_path).expect("create proxy log");
             let mut child = Command::new(env!("CARGO_BIN_EXE_ringproxy"))
-                .arg("--listen")
+                .arg(listen_flag)
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--backend")
                 .arg(format!("127.0.0.1:{backend_port}"))
