@@ -970,10 +970,11 @@ fn mariadb_cli_through_the_pooled_listener() {
     let port = p.port();
     let show = |out: &Output| {
         format!(
-            "exit {}; stdout:\n{}stderr:\n{}",
+            "exit {}; stdout:\n{}stderr:\n{}proxy log tail:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            p.log_tail()
         )
     };
 
@@ -991,6 +992,18 @@ fn mariadb_cli_through_the_pooled_listener() {
         "rp\napp\n1\nrp\t1\tpl_cli@%\n2\n",
         "{}",
         show(&out)
+    );
+
+    // A result of many small rows (they straddle every receive buffer boundary), exactly as
+    // MariaDB sends it.
+    let many = "SELECT seq, CONCAT('row-', seq), seq * 3 FROM seq_1_to_100000";
+    let via = cli(port, "pl_cli", "cli-pw", Some("rp"), many);
+    let direct = cli(db.port, "pl_cli", "cli-pw", Some("rp"), many);
+    assert!(via.status.success(), "{}", show(&via));
+    assert_eq!(direct.stdout.len(), via.stdout.len(), "100,000 rows' bytes");
+    assert!(
+        direct.stdout == via.stdout,
+        "100,000 rows differ from MariaDB's"
     );
 
     // No database named: the default schema.

@@ -417,7 +417,9 @@ fn first_20(nonce: &[u8]) -> &[u8] {
 /// authentication ([`Learned::Password`] for a [`Stored::Sha256Crypt`] credential).
 #[derive(Default)]
 pub struct Sha2Cache {
-    entries: HashMap<String, (String, [u8; 32])>,
+    /// By user: the credential, the fast-path digest and the password (a pooling proxy logs
+    /// in to its backends with it).
+    entries: HashMap<String, (String, [u8; 32], Vec<u8>)>,
 }
 
 impl Sha2Cache {
@@ -429,7 +431,7 @@ impl Sha2Cache {
     /// [`Stored::Sha256Crypt`] credentials are cached: the others need no cache).
     pub fn remember(&mut self, user: &str, stored: &Stored, password: &[u8]) {
         if let Stored::Sha256Crypt(s) = stored {
-            let entry = (s.clone(), sha2_fast_digest(password));
+            let entry = (s.clone(), sha2_fast_digest(password), password.to_vec());
             self.entries.insert(user.to_owned(), entry);
         }
     }
@@ -437,8 +439,14 @@ impl Sha2Cache {
     /// The digest to check `user`'s fast-path answers against, if a full authentication under
     /// this same credential filled it.
     pub fn lookup(&self, user: &str, stored: &Stored) -> Option<[u8; 32]> {
-        let (s, digest) = self.entries.get(user)?;
+        let (s, digest, _) = self.entries.get(user)?;
         matches!(stored, Stored::Sha256Crypt(now) if now == s).then_some(*digest)
+    }
+
+    /// `user`'s password, if a full authentication under this same credential gave it.
+    pub fn password(&self, user: &str, stored: &Stored) -> Option<&[u8]> {
+        let (s, _, password) = self.entries.get(user)?;
+        matches!(stored, Stored::Sha256Crypt(now) if now == s).then_some(password.as_slice())
     }
 
     /// Forget `user` (e.g. dropped, or its password changed).

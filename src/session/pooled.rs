@@ -53,6 +53,9 @@ const ER_POOL_TIMEOUT: u16 = 9001;
 /// How long a connection may go on with the command of a client that left before it is
 /// closed instead of pooled.
 const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+/// How long a connection that said COM_QUIT waits for the server to close before the proxy
+/// closes it.
+const QUIT_GRACE: Duration = Duration::from_secs(1);
 
 /// What the workers share for pooled sessions.
 #[derive(Debug)]
@@ -553,7 +556,21 @@ impl Pooled {
             let out = s.client.login_error(1226, b"42000", &msg);
             return self.fail_login(io, sid, out);
         };
+        // A caching_sha2 fast-path login: the full one before it left the password here.
+        let remembered = match &learned {
+            Some(Learned::Sha2Stage1(_)) => self
+                .ps
+                .users
+                .lookup(&user, s.client.peer.map(|p| p.ip()))
+                .and_then(|e| e.stored.clone())
+                .and_then(|st| self.sha2.password(&user, &st).map(<[u8]>::to_vec)),
+            _ => None,
+        };
         match learned {
+            Some(Learned::Sha2Stage1(_)) if remembered.is_some() => {
+                let pw = remembered.unwrap_or_default();
+                cred.password = String::from_utf8_lossy(&pw).into_owned();
+            }
             Some(Learned::Password(pw)) => {
                 if let Some(entry) = self.ps.users.lookup(&user, s.client.peer.map(|p| p.ip())) {
                     if let Some(st) = entry.stored.as_ref() {
@@ -906,7 +923,6 @@ impl Pooled {
     /// Gets the session a connection: the one it holds, an idle one (its own last one first,
     /// then one in its state), a new one, or a place among the waiters.
     fn acquire(&mut self, io: &mut Io, sid: PooledId) {
-        let now = io.now();
         let Some(s) = self.sessions.get_mut(sid.0) else {
             return;
         };
@@ -943,17 +959,17 @@ impl Pooled {
             }
             return;
         }
-        // Full: an idle connection of another user makes room, else wait.
+        // Full: an idle connection of another user makes room (once the server has closed
+        // it); the session waits.
         if let Some((_, other)) = self.pool.take_any() {
             self.close_conn(io, other);
-            if let Some(bid) = self.open_conn(io, &key, Some(sid)) {
-                if let Some(s) = self.sessions.get_mut(sid.0) {
-                    s.conn = Some(bid);
-                    io.stats.pooled_conns_held += 1;
-                }
-                return;
-            }
         }
+        self.wait_for_conn(io, sid, key);
+    }
+
+    /// Session `sid` waits for a connection of `key` (at most pool_wait_timeout_ms).
+    fn wait_for_conn(&mut self, io: &mut Io, sid: PooledId, key: PoolKey) {
+        let now = io.now();
         log::trace!("session {sid:?} waits for a connection");
         io.stats.pool_waits += 1;
         if let Some(s) = self.sessions.get_mut(sid.0) {
@@ -1105,7 +1121,7 @@ impl Pooled {
         s.conn = opened;
         if opened.is_none() {
             io.stats.pooled_conns_held = io.stats.pooled_conns_held.saturating_sub(1);
-            self.acquire(io, sid);
+            self.wait_for_conn(io, sid, key);
         }
     }
 
@@ -1448,11 +1464,14 @@ impl Pooled {
             return;
         };
         b.session = None;
+        // Paused for the client's sake (backpressure): nothing of it goes there any more.
+        if io.is_paused(b.sock) {
+            io.resume_read(b.sock);
+        }
         if !b.is_idle() {
             // Mid-response (the client left): the response is read to its end and dropped,
             // then the connection is reset; it stays counted against the limit meanwhile.
             b.orphaned = Some(io.now());
-            io.resume_read(b.sock);
             io.set_timer(io.now() + ORPHAN_GRACE, Owner::PooledConn(bid).token());
             return;
         }
@@ -1575,7 +1594,7 @@ impl Pooled {
             log::warn!("pooled backend connection: {why} ({left} similar not logged)");
         }
         io.stats.backend_errors += 1;
-        self.close_conn(io, bid);
+        self.drop_conn(io, bid);
         let Some(sid) = session else { return };
         let Some(s) = self.sessions.get_mut(sid.0) else {
             return;
@@ -1612,7 +1631,29 @@ impl Pooled {
         self.end_session(io, sid, Some(e));
     }
 
+    /// Closes a pooled connection. An idle one says COM_QUIT and keeps its place under the
+    /// limit until the server closes its side (or [`QUIT_GRACE`] passes), so the server never
+    /// counts more connections than the limit; any other one is closed at once.
     fn close_conn(&mut self, io: &mut Io, bid: BackendId) {
+        let Some(b) = self.conns.get_mut(bid.0).filter(|b| b.quitting.is_none()) else {
+            return;
+        };
+        if !b.is_idle() {
+            return self.drop_conn(io, bid);
+        }
+        let key = b.key.clone();
+        b.end();
+        b.session = None;
+        b.quitting = Some(io.now());
+        let mut quit = Vec::with_capacity(HEADER_LEN + 1);
+        write_packet(&mut quit, 0, &[COM_QUIT]);
+        io.send_owned(b.sock, quit);
+        self.pool.remove(&key, bid);
+        io.set_timer(io.now() + QUIT_GRACE, Owner::PooledConn(bid).token());
+    }
+
+    /// Forgets a pooled connection and closes its socket: its place under the limit is free.
+    fn drop_conn(&mut self, io: &mut Io, bid: BackendId) {
         let Some(mut b) = self.conns.remove(bid.0) else {
             return;
         };
@@ -1622,9 +1663,14 @@ impl Pooled {
         io.stats.stmt_evictions += b.evicted;
         b.end();
         io.close(b.sock);
+        // Its place under the limit is free: the first waiter may have it.
+        self.serve_waiters(io);
     }
 
     pub fn on_conn_eof(&mut self, io: &mut Io, bid: BackendId, error: Option<std::io::Error>) {
+        if self.conns.get(bid.0).is_some_and(|b| b.quitting.is_some()) {
+            return self.drop_conn(io, bid);
+        }
         let why = error.map_or_else(
             || "the server closed the connection".to_string(),
             |e| e.to_string(),
@@ -1866,6 +1912,12 @@ impl Pooled {
         let Some(b) = self.conns.get(bid.0) else {
             return;
         };
+        if let Some(since) = b.quitting {
+            if now >= since + QUIT_GRACE {
+                self.drop_conn(io, bid);
+            }
+            return;
+        }
         let logging_in = matches!(
             b.phase(),
             ConnPhase::Connecting | ConnPhase::Login | ConnPhase::Setup
@@ -1922,7 +1974,7 @@ impl Pooled {
             self.close_session(io, PooledId(key), false);
         }
         for key in self.conns.keys() {
-            self.close_conn(io, BackendId(key));
+            self.drop_conn(io, BackendId(key));
         }
     }
 

@@ -135,6 +135,9 @@ pub struct PooledBackend {
     /// Since when it finishes a command for a client that left (the rest of the response is
     /// read and dropped; then it is reset and pooled).
     pub orphaned: Option<Instant>,
+    /// Since when it waits for the server to close after COM_QUIT (it still counts against
+    /// the limit: the server still counts it).
+    pub quitting: Option<Instant>,
     pub opened_at: Instant,
     pub last_used: Instant,
     /// What the connection's session state is.
@@ -198,6 +201,7 @@ impl PooledBackend {
             key,
             session: None,
             orphaned: None,
+            quitting: None,
             opened_at: now,
             last_used: now,
             state: SessionState::default(),
