@@ -74,9 +74,12 @@ pub struct PooledShared {
     next_conn_id: AtomicU32,
     /// Every pooled session by the connection id its greeting gave (what KILL names).
     registry: Mutex<HashMap<u32, Arc<KillTarget>>>,
-    /// Workers whose sessions wait for a connection now. The connection limit is shared, the
-    /// pools are not: a worker with idle connections closes them while another one starves.
+    /// Workers whose sessions wait for a connection. The connection limit is shared, the pools
+    /// are not: while another worker's sessions wait, a worker closes its free connections when
+    /// it holds more than its share or has no session waiting itself.
     hungry: AtomicUsize,
+    /// A worker's fair share of the limit: the limit over all backends ÷ workers (at least 1).
+    share: usize,
 }
 
 /// What a KILL from another session needs of a session: the server thread running its
@@ -104,6 +107,8 @@ impl PooledShared {
             next_conn_id: AtomicU32::new(1),
             registry: Mutex::new(HashMap::new()),
             hungry: AtomicUsize::new(0),
+            share: (config.max_backend_connections * config.backends.len() / config.workers.max(1))
+                .max(1),
         }
     }
 
@@ -1497,7 +1502,9 @@ impl Pooled {
             .ps
             .max_age
             .is_some_and(|m| now.saturating_duration_since(b.opened_at) >= m);
-        if self.draining || old {
+        // owes_room: another worker's sessions wait and this worker holds more than its share
+        // (or has no waiter): the room is theirs.
+        if self.draining || old || self.owes_room() {
             io.stats.pool_closes += 1;
             return self.close_conn(io, bid);
         }
@@ -1512,17 +1519,11 @@ impl Pooled {
             }
         }
         if let Some(w) = self.pool.first_waiter() {
-            // Another user's session waits: this connection's room is worth more to it.
-            self.close_conn(io, bid);
-            if let Some(s) = self.sessions.get_mut(w.session.0) {
-                s.waiting_since = None;
-            }
-            return self.acquire(io, w.session);
-        }
-        if self.others_hungry() {
-            // Another worker's sessions wait at the shared limit: the room is theirs.
+            // Another user's session waits: this connection's room is worth more to it. It
+            // stays first in line; the room is its own once the server has closed this one.
             io.stats.pool_closes += 1;
-            return self.close_conn(io, bid);
+            self.close_conn(io, bid);
+            return self.pool.wait_first(w);
         }
         self.pool.put(key, bid);
         if let Some(t) = self.ps.idle_timeout {
@@ -1544,17 +1545,20 @@ impl Pooled {
         }
     }
 
-    /// Whether another worker's sessions wait for a connection.
-    fn others_hungry(&self) -> bool {
-        self.ps.hungry.load(Ordering::Relaxed) > usize::from(self.hungry)
+    /// Whether this worker's free connections are another's: its sessions wait while this
+    /// worker holds more than its share, or has no session waiting (both waiting at their
+    /// shares keep what they hold: no connection goes back and forth).
+    fn owes_room(&self) -> bool {
+        let others = self.ps.hungry.load(Ordering::Relaxed) > usize::from(self.hungry);
+        others && (self.conns.len() > self.ps.share || self.pool.waiting() == 0)
     }
 
-    /// Every worker tick: waiters get the room the limit has again, and while another worker
-    /// starves, an idle connection of this one is closed to make room.
+    /// Every worker tick: waiters get the room the limit has again, and an idle connection
+    /// another worker's sessions are owed (see [`Pooled::owes_room`]) is closed to make room.
     pub fn tick(&mut self, io: &mut Io) {
         self.serve_waiters(io);
         self.update_hungry();
-        if !self.hungry && self.others_hungry() {
+        if self.owes_room() {
             if let Some((_, bid)) = self.pool.take_any() {
                 io.stats.pool_closes += 1;
                 self.close_conn(io, bid);
