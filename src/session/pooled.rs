@@ -957,7 +957,11 @@ impl Pooled {
             return self.attach(io, sid, bid);
         }
         io.stats.pool_misses += 1;
-        if let Some(bid) = self.open_conn(io, &key, Some(sid)) {
+        let opened = match self.may_open() {
+            true => self.open_conn(io, &key, Some(sid)),
+            false => None,
+        };
+        if let Some(bid) = opened {
             if let Some(s) = self.sessions.get_mut(sid.0) {
                 s.conn = Some(bid);
                 io.stats.pooled_conns_held += 1;
@@ -1545,6 +1549,13 @@ impl Pooled {
         }
     }
 
+    /// Whether this worker may open a connection: not at or past its share while another
+    /// worker's sessions wait (the room the limit has then is theirs).
+    fn may_open(&self) -> bool {
+        let others = self.ps.hungry.load(Ordering::Relaxed) > usize::from(self.hungry);
+        !others || self.conns.len() < self.ps.share
+    }
+
     /// Whether this worker's free connections are another's: its sessions wait while this
     /// worker holds more than its share, or has no session waiting (both waiting at their
     /// shares keep what they hold: no connection goes back and forth).
@@ -1568,7 +1579,10 @@ impl Pooled {
 
     /// Opens connections for the waiters, in order, while the limit has room.
     fn serve_waiters(&mut self, io: &mut Io) {
-        while let Some(w) = self.pool.first_waiter() {
+        while self.may_open() {
+            let Some(w) = self.pool.first_waiter() else {
+                return;
+            };
             let waits = self
                 .sessions
                 .get(w.session.0)
