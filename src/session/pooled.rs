@@ -1404,24 +1404,7 @@ impl Pooled {
         s.state.last_insert_id = last_insert_id;
         b.last_used = io.now();
         if let Some((client_id, key)) = run.prepare {
-            match (outcome.prepared, outcome.error) {
-                (Some((_, params)), None) => {
-                    let st = SessionStmt {
-                        key,
-                        params,
-                        types: None,
-                        cursor: false,
-                        long_data: false,
-                    };
-                    s.stmts.insert(client_id, st);
-                    let eof = s.client.caps & CLIENT_DEPRECATE_EOF != 0;
-                    let response = outcome.prepare_response.clone();
-                    if response.len() <= PREPARE_CACHE_MAX {
-                        self.stmts.cache(key, eof, Cached { response, params });
-                    }
-                }
-                _ => self.stmts.release(key),
-            }
+            record_prepare(&mut self.stmts, s, client_id, key, &outcome);
         }
         update_pins(s, &run, &outcome);
         if run.code == COM_STMT_EXECUTE {
@@ -2017,6 +2000,33 @@ impl Pooled {
             }
         }
         Ok(())
+    }
+}
+
+/// A client's prepare ended: the session's statement `client_id` names `key` (and the
+/// response is cached for the next prepare of it), or, when it failed, the key is let go.
+fn record_prepare(
+    stmts: &mut Statements,
+    s: &mut Session,
+    client_id: u32,
+    key: u64,
+    outcome: &Outcome,
+) {
+    let (Some((_, params)), None) = (outcome.prepared, outcome.error) else {
+        return stmts.release(key);
+    };
+    let st = SessionStmt {
+        key,
+        params,
+        types: None,
+        cursor: false,
+        long_data: false,
+    };
+    s.stmts.insert(client_id, st);
+    let eof = s.client.caps & CLIENT_DEPRECATE_EOF != 0;
+    let response = outcome.prepare_response.clone();
+    if response.len() <= PREPARE_CACHE_MAX {
+        stmts.cache(key, eof, Cached { response, params });
     }
 }
 

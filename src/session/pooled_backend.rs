@@ -587,19 +587,9 @@ impl PooledBackend {
                 Done::Replayed(Err(packets.last().cloned().unwrap_or_default()))
             }
             Some(Job::Replay) => Done::Replayed(Ok(())),
-            Some(Job::ReadVars(names)) => {
-                let vars = read_user_vars(&names, &packets);
-                for (name, var) in &vars {
-                    self.state.user_vars.insert(name.clone(), var.clone());
-                }
-                Done::Vars(vars)
-            }
+            Some(Job::ReadVars(names)) => Done::Vars(self.take_user_vars(&names, &packets)),
             Some(Job::ReadSysVars(names)) if !failed => {
-                for (name, value) in read_sysvars(&names, &packets) {
-                    if let Some(v) = value {
-                        self.state.set_var(&name, &v);
-                    }
-                }
+                self.take_sysvars(&names, &packets);
                 Done::SysVars(true)
             }
             Some(Job::ReadSysVars(_)) => Done::SysVars(false),
@@ -614,21 +604,7 @@ impl PooledBackend {
                 }
             }
             Some(Job::Ping) => Done::Pinged(!failed),
-            Some(Job::Reset) if !failed => {
-                // The server dropped the session's state (the schema stays) and its statements.
-                let schema = self.state.schema.take();
-                self.state = SessionState {
-                    schema,
-                    ..SessionState::default()
-                };
-                self.prepared.clear();
-                self.prepared_order.clear();
-                let mut pkt = Vec::new();
-                write_packet(&mut pkt, 0, &[&[COM_QUERY][..], SETUP].concat());
-                self.queued.push_front((Job::Setup, pkt));
-                self.outcome = Outcome::default();
-                return;
-            }
+            Some(Job::Reset) if !failed => return self.was_reset(),
             Some(Job::Reset) => Done::Ready { tracking: false },
             Some(Job::Client { .. } | Job::Quiet) | None => return,
         };
@@ -648,6 +624,44 @@ impl PooledBackend {
             self.baseline = self.state.clone();
         }
         done.push(d);
+    }
+
+    /// The read-back of user variables `names`: the connection has these values now.
+    fn take_user_vars(
+        &mut self,
+        names: &[Vec<u8>],
+        packets: &[Vec<u8>],
+    ) -> Vec<(Vec<u8>, UserVar)> {
+        let vars = read_user_vars(names, packets);
+        for (name, var) in &vars {
+            self.state.user_vars.insert(name.clone(), var.clone());
+        }
+        vars
+    }
+
+    /// The read-back of system variables `names`: the connection has these values now.
+    fn take_sysvars(&mut self, names: &[Vec<u8>], packets: &[Vec<u8>]) {
+        for (name, value) in read_sysvars(names, packets) {
+            if let Some(v) = value {
+                self.state.set_var(&name, &v);
+            }
+        }
+    }
+
+    /// COM_RESET_CONNECTION worked: the server dropped the session's state (the schema stays)
+    /// and its statements, and session tracking with them, which the setup turns on again.
+    fn was_reset(&mut self) {
+        let schema = self.state.schema.take();
+        self.state = SessionState {
+            schema,
+            ..SessionState::default()
+        };
+        self.prepared.clear();
+        self.prepared_order.clear();
+        let mut pkt = Vec::new();
+        write_packet(&mut pkt, 0, &[&[COM_QUERY][..], SETUP].concat());
+        self.queued.push_front((Job::Setup, pkt));
+        self.outcome = Outcome::default();
     }
 
     pub fn end(&mut self) {

@@ -120,6 +120,22 @@ impl Proxy {
             .unwrap_or_else(|| panic!("no VmRSS in /proc/{}/status", self.pid))
     }
 
+    /// Ends a test: the proxy must still be running and must exit cleanly on SIGTERM.
+    pub fn finish(mut self) {
+        assert!(
+            self.is_running(),
+            "ringproxy died during the test; log tail:\n{}",
+            tail(&self.log(), 40)
+        );
+        let log = self.log();
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "ringproxy exited with {status} on SIGTERM; log tail:\n{}",
+            tail(&log, 40)
+        );
+    }
+
     /// Everything the proxy wrote to stdout/stderr so far.
     pub fn log(&self) -> String {
         let mut text = String::new();
@@ -253,19 +269,8 @@ impl Endpoint {
 
     /// Ends the test: the proxy (if any) must still be running and must exit cleanly on SIGTERM.
     pub fn finish(mut self) {
-        if let Some(mut proxy) = self.proxy.take() {
-            assert!(
-                proxy.is_running(),
-                "ringproxy died during the test; log tail:\n{}",
-                tail(&proxy.log(), 40)
-            );
-            let log = proxy.log();
-            let status = proxy.terminate();
-            assert!(
-                status.success(),
-                "ringproxy exited with {status} on SIGTERM; log tail:\n{}",
-                tail(&log, 40)
-            );
+        if let Some(proxy) = self.proxy.take() {
+            proxy.finish();
         }
     }
 }
