@@ -15,7 +15,7 @@ pub use mariadb::*;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
@@ -32,6 +32,20 @@ pub struct Proxy {
     child: Child,
     _log_dir: tempfile::TempDir,
     exited: Option<ExitStatus>,
+}
+
+/// Whether `addr` accepts TCP. The probe connects from 127.0.0.254, so that it never counts
+/// against a per-source limit the test then checks from 127.0.0.1 (the proxy may not have seen
+/// the probe leave yet).
+fn probe_accepts(addr: SocketAddr) -> bool {
+    use socket2::{Domain, Socket, Type};
+    let Ok(s) = Socket::new(Domain::IPV4, Type::STREAM, None) else {
+        return false;
+    };
+    let from: SocketAddr = ([127, 0, 0, 254], 0).into();
+    s.bind(&from.into()).is_ok()
+        && s.connect_timeout(&addr.into(), Duration::from_millis(200))
+            .is_ok()
 }
 
 impl Proxy {
@@ -84,7 +98,7 @@ impl Proxy {
                         tail(&text, 40)
                     );
                 }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                if probe_accepts(addr) {
                     return Proxy {
                         port,
                         pid: child.id(),
