@@ -378,6 +378,15 @@ config_keys! {
         key: proxy.pool_ping_after_ms, flag: "pool-ping-after-ms",
         kind: Int<0, MAX_TIMEOUT_MS>, default: 10_000, mode: pooled,
     }
+    /// Whether autocommit=0 alone keeps a pooled session on its backend connection, as if every
+    /// statement ran in a transaction. Off (ProxySQL's default): such a session still moves
+    /// between transactions (from its first statement that touches a transactional table to
+    /// COMMIT or ROLLBACK the server reports a transaction, which pins), its autocommit setting
+    /// replayed like any variable.
+    autocommit_off_pins: bool {
+        key: proxy.autocommit_off_pins, flag: "autocommit-off-pins",
+        kind: Switch, default: true, mode: pooled,
+    }
     /// How long a pooled session's query may wait for a backend connection before it gets an
     /// error, in milliseconds.
     pool_wait_timeout_ms: u64 {

@@ -120,6 +120,7 @@ stats! {
     user_var_reads,
     /// Commands after which the session kept its connection, by reason.
     pin_transaction,
+    pin_autocommit,
     pin_locks,
     pin_temp_table,
     pin_text_prepare,

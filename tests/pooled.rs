@@ -1763,12 +1763,10 @@ fn pins_transaction_temp_table_get_lock_autocommit() {
     // autocommit=0: the session sees its uncommitted rows; nobody else does.
     let mut g = login();
     g.query_drop("SET autocommit = 0").unwrap();
-    // autocommit=0 alone holds nothing (no transaction is open yet: the session may move);
-    // the INSERT opens one, which pins.
-    g.query_drop("INSERT INTO pl_pin_t (tag) VALUES ('ac0')")
-        .unwrap();
     let from = Instant::now();
     let id = conn_id(&mut g);
+    g.query_drop("INSERT INTO pl_pin_t (tag) VALUES ('ac0')")
+        .unwrap();
     for _ in 0..6 {
         pause();
         assert_eq!(value(&mut g, "SELECT @@autocommit"), some("0"));

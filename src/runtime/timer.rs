@@ -44,8 +44,10 @@ impl TimerWheel {
         }
     }
 
+    /// The first tick at or after `at` (microseconds count: a deadline in the middle of a
+    /// millisecond must not round down into a tick that fires before it).
     fn tick_of(&self, at: Instant) -> u64 {
-        (at.saturating_duration_since(self.origin).as_millis() as u64).div_ceil(TICK_MS)
+        (at.saturating_duration_since(self.origin).as_micros() as u64).div_ceil(TICK_MS * 1000)
     }
 
     fn instant_of(&self, tick: u64) -> Instant {
@@ -79,7 +81,8 @@ impl TimerWheel {
     /// Fires every timer due at `now` or earlier, appending their tokens to `out` in deadline
     /// order (ties in insertion order).
     pub fn expire(&mut self, now: Instant, out: &mut Vec<u64>) {
-        let target = (now.saturating_duration_since(self.origin).as_millis() as u64) / TICK_MS;
+        let target =
+            (now.saturating_duration_since(self.origin).as_micros() as u64) / (TICK_MS * 1000);
         while self.done < target {
             if self.pending == 0 {
                 self.done = target;
@@ -133,6 +136,19 @@ impl TimerWheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_inside_a_millisecond_never_fires_early() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        let at = t0 + Duration::from_micros(1_000_500);
+        w.insert(at, 7);
+        let mut out = Vec::new();
+        w.expire(t0 + Duration::from_micros(1_000_200), &mut out);
+        assert!(out.is_empty(), "fired 300 µs before its deadline");
+        w.expire(t0 + Duration::from_millis(1_010), &mut out);
+        assert_eq!(out, [7]);
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

@@ -67,6 +67,8 @@ pub struct PooledShared {
     pub ping_after: Duration,
     pub wait_timeout: Duration,
     pub failure_delay: Duration,
+    /// autocommit=0 alone pins a session (`autocommit_off_pins`).
+    pub autocommit_off_pins: bool,
     /// Listeners from this index on are pooled ones.
     pub first_listener: usize,
     /// Failed logins per client address: count and time of the last.
@@ -102,6 +104,7 @@ impl PooledShared {
             ping_after: ms(config.pool_ping_after_ms),
             wait_timeout: ms(config.pool_wait_timeout_ms),
             failure_delay: ms(config.auth_failure_delay_ms),
+            autocommit_off_pins: config.autocommit_off_pins,
             first_listener: config.listen.len(),
             failures: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU32::new(1),
@@ -188,6 +191,7 @@ impl Pins {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Held {
     Transaction,
+    Autocommit,
     Locks,
     TempTable,
     TextPrepare,
@@ -1420,7 +1424,7 @@ impl Pooled {
             }
         }
         s.kill.thread.store(0, Ordering::Relaxed);
-        let hold = holds(s, &run, &outcome);
+        let hold = holds(s, &run, &outcome, self.ps.autocommit_off_pins);
         log::trace!(
             "session {sid:?} command {:#x} done on {bid:?}: hold {hold:?} outcome {outcome:?}",
             run.code
@@ -2163,9 +2167,11 @@ fn update_pins(s: &mut Session, run: &Running, outcome: &Outcome) {
 }
 
 /// Why the session keeps its connection now, if it does.
-fn holds(s: &mut Session, run: &Running, outcome: &Outcome) -> Option<Held> {
+fn holds(s: &mut Session, run: &Running, outcome: &Outcome, autocommit_pins: bool) -> Option<Held> {
     let one_shot = if outcome.status & SERVER_STATUS_IN_TRANS != 0 {
         Some(Held::Transaction)
+    } else if autocommit_pins && s.state.autocommit_off() {
+        Some(Held::Autocommit)
     } else if outcome.trx_characteristics {
         Some(Held::Other)
     } else if run.stmt.calc_found_rows && outcome.error.is_none() {
@@ -2200,6 +2206,7 @@ fn count_hold(io: &mut Io, reason: Held) {
     let c = &mut io.stats;
     *match reason {
         Held::Transaction => &mut c.pin_transaction,
+        Held::Autocommit => &mut c.pin_autocommit,
         Held::Locks => &mut c.pin_locks,
         Held::TempTable => &mut c.pin_temp_table,
         Held::TextPrepare => &mut c.pin_text_prepare,

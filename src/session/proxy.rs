@@ -692,10 +692,13 @@ impl Proxy {
             }
             client::Phase::Command => {}
             _ => {
-                if now >= c.accepted_at + self.shared.handshake_timeout {
+                let deadline = c.accepted_at + self.shared.handshake_timeout;
+                if now >= deadline {
                     io.stats.handshake_timeouts += 1;
                     let err = End::Error(Error::handshake_timeout());
                     self.end_session(io, cid, err, Side::Client);
+                } else {
+                    io.set_timer(deadline, Owner::Client(cid).token());
                 }
                 return;
             }
