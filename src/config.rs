@@ -366,6 +366,12 @@ config_keys! {
         key: proxy.pool_idle_timeout_ms, flag: "pool-idle-timeout-ms",
         kind: Int<0, MAX_TIMEOUT_MS>, default: 60_000, mode: pooled,
     }
+    /// Idle pooled backend connections per worker and pool (user, capabilities, charset) that
+    /// the idle timeout spares: once a pool was used, this many stay logged in for it.
+    pool_min_idle: usize {
+        key: proxy.pool_min_idle, flag: "pool-min-idle",
+        kind: Int<0, 100_000>, default: 0, mode: pooled,
+    }
     /// A pooled backend connection this old is closed when it is next idle, in milliseconds;
     /// 0 = never.
     pool_max_age_ms: u64 {

@@ -1985,3 +1985,51 @@ fn bad_input_garbage_handshakes_and_vanishing_clients() {
     );
     p.finish();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. The idle timeout and pool_min_idle
+// ---------------------------------------------------------------------------------------------
+
+/// Idle connections close after `pool_idle_timeout_ms`, except the `pool_min_idle` of each pool
+/// (per worker).
+#[test]
+fn idle_connections_close_but_min_idle_stay() {
+    let _timer = Timer::start("idle_connections_close_but_min_idle_stay");
+    let db = setup();
+    let toml = user_toml("pl_hash", "hash-pw", None);
+    let run = |source: &'static str, min_idle: &str| {
+        let args = [
+            "--workers",
+            "1",
+            "--pool-idle-timeout-ms",
+            "300",
+            "--pool-min-idle",
+            min_idle,
+        ];
+        let p = Pooled::start(db, source, &toml, &args);
+        // Three sessions at once: three connections.
+        let mut conns: Vec<Conn> = (0..3)
+            .map(|_| connect(p.port(), "pl_hash", "hash-pw", Some("rp")))
+            .collect();
+        let _held: Vec<Conn> = (0..3)
+            .map(|_| connect(p.port(), "pl_hash", "hash-pw", Some("rp")))
+            .collect();
+        for c in conns.iter_mut() {
+            c.query_drop("BEGIN").unwrap();
+        }
+        for c in conns.iter_mut() {
+            c.query_drop("COMMIT").unwrap();
+        }
+        let busy = proxy_conns(db, source).logged_in;
+        sleep(Duration::from_millis(2_000));
+        let idle = proxy_conns(db, source);
+        p.finish();
+        (busy, idle)
+    };
+    let (busy, idle) = run("127.0.0.19", "0");
+    assert!(busy >= 3, "3 transactions at once held {busy} connections");
+    assert_eq!(idle.logged_in, 0, "min idle 0: {}", idle.summary);
+    let (busy, idle) = run("127.0.0.20", "2");
+    assert!(busy >= 3, "3 transactions at once held {busy} connections");
+    assert_eq!(idle.logged_in, 2, "min idle 2: {}", idle.summary);
+}

@@ -89,6 +89,11 @@ impl<S: PartialEq + Copy> Pool<S> {
             .flat_map(|(k, list)| list.iter().map(move |b| (k, *b)))
     }
 
+    /// Idle connections of `key`.
+    pub fn idle_of(&self, key: &PoolKey) -> usize {
+        self.idle.get(key).map_or(0, Vec::len)
+    }
+
     pub fn idle_len(&self) -> usize {
         self.idle_count
     }

@@ -63,6 +63,8 @@ pub struct PooledShared {
     pub users: Arc<Users>,
     pub limits: Limits,
     pub idle_timeout: Option<Duration>,
+    /// Idle connections per worker and key the idle timeout spares (`pool_min_idle`).
+    pub min_idle: usize,
     pub max_age: Option<Duration>,
     pub ping_after: Duration,
     pub wait_timeout: Duration,
@@ -100,6 +102,7 @@ impl PooledShared {
             users,
             limits: Limits::new(config.backends.len(), config.max_backend_connections),
             idle_timeout: opt(config.pool_idle_timeout_ms),
+            min_idle: config.pool_min_idle,
             max_age: opt(config.pool_max_age_ms),
             ping_after: ms(config.pool_ping_after_ms),
             wait_timeout: ms(config.pool_wait_timeout_ms),
@@ -1944,7 +1947,8 @@ impl Pooled {
         let idle_out = self
             .ps
             .idle_timeout
-            .is_some_and(|t| now.saturating_duration_since(b.last_used) >= t);
+            .is_some_and(|t| now.saturating_duration_since(b.last_used) >= t)
+            && self.pool.idle_of(&b.key) > self.ps.min_idle;
         let old = self
             .ps
             .max_age
@@ -1954,7 +1958,9 @@ impl Pooled {
             return self.close_conn(io, bid);
         }
         if let Some(t) = self.ps.idle_timeout {
-            io.set_timer(b.last_used + t, Owner::PooledConn(bid).token());
+            // One spared by pool_min_idle is looked at again a whole timeout later.
+            let at = (b.last_used + t).max(now + t.min(Duration::from_secs(1)));
+            io.set_timer(at, Owner::PooledConn(bid).token());
         }
     }
 
