@@ -337,6 +337,8 @@ fn item9_ended_sessions_release_their_sockets_at_the_linger_deadline() {
     ];
     let proxy = Proxy::start(port, &args);
     let mut stuck = Vec::new();
+    // No session ends before its query is sent: the linger deadlines are all after this.
+    let asked = Instant::now();
     for _ in 0..10 {
         let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
         let g = raw::read_greeting_from(&mut s);
@@ -347,7 +349,6 @@ fn item9_ended_sessions_release_their_sockets_at_the_linger_deadline() {
         stuck.push(s);
     }
     // The sessions end after this (the backends answer and close once the queries arrived).
-    let asked = Instant::now();
     thread::sleep(Duration::from_millis(600));
     // Still counted: the next client is refused while they linger.
     let mut c = RawConn::connect(proxy.port).unwrap();
