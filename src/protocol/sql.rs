@@ -399,6 +399,139 @@ pub fn classify_with(sql: &[u8], backslash_escapes: bool) -> Statement<'_> {
 /// `GET DIAGNOSTICS @a = ...`, and (as they may be written) user variables passed bare as CALL
 /// arguments (OUT parameters), in `EXECUTE ... USING` (OUT parameters of a prepared CALL) and in
 /// the column list of LOAD DATA / LOAD XML. Those arguments also count as reads.
+/// A table name as written: `name` or `schema.name` (quotes off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: Option<Vec<u8>>,
+    pub name: Vec<u8>,
+}
+
+/// What a statement does to temporary tables, when the proxy can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TempTables {
+    /// `CREATE [OR REPLACE] TEMPORARY TABLE [IF NOT EXISTS] t …`
+    Create(TableName),
+    /// `DROP [TEMPORARY] TABLE[S] [IF EXISTS] a, b …` (a plain DROP TABLE drops a temporary table
+    /// of that name first).
+    Drop(Vec<TableName>),
+}
+
+/// The temporary-table change of a single CREATE TEMPORARY TABLE or DROP TABLE statement;
+/// `None` for anything else (or a form the proxy does not read).
+pub fn temp_tables(sql: &[u8], backslash_escapes: bool) -> Option<TempTables> {
+    let toks: Vec<Token<'_>> = Lexer::with_escapes(sql, backslash_escapes)
+        .map(|s| s.token)
+        .collect();
+    let mut end = toks.len();
+    while end > 0 && toks[end - 1] == Token::Punct(b';') {
+        end -= 1;
+    }
+    let toks = &toks[..end];
+    if toks.contains(&Token::Punct(b';')) {
+        return None;
+    }
+    let mut i = 0;
+    let mut kw = |words: &[&[u8]]| {
+        let hit = is_kw_in(toks.get(i).copied(), words);
+        i += usize::from(hit);
+        hit
+    };
+    if kw(&[b"CREATE"]) {
+        if kw(&[b"OR"]) && !kw(&[b"REPLACE"]) {
+            return None;
+        }
+        if !(kw(&[b"TEMPORARY"]) && kw(&[b"TABLE"])) {
+            return None;
+        }
+        if kw(&[b"IF"]) && !(kw(&[b"NOT"]) && kw(&[b"EXISTS"])) {
+            return None;
+        }
+        return table_name(toks, &mut i).map(TempTables::Create);
+    }
+    if !kw(&[b"DROP"]) {
+        return None;
+    }
+    kw(&[b"TEMPORARY"]);
+    if !kw(&[b"TABLE", b"TABLES"]) {
+        return None;
+    }
+    if kw(&[b"IF"]) && !kw(&[b"EXISTS"]) {
+        return None;
+    }
+    let mut names = vec![table_name(toks, &mut i)?];
+    while toks.get(i) == Some(&Token::Punct(b',')) {
+        i += 1;
+        names.push(table_name(toks, &mut i)?);
+    }
+    let tail_ok = toks.len() == i
+        || (toks.len() == i + 1 && is_kw_in(toks.get(i).copied(), &[b"RESTRICT", b"CASCADE"]));
+    tail_ok.then_some(TempTables::Drop(names))
+}
+
+/// `name` or `schema.name` at `toks[*i]` (words or backquoted identifiers).
+fn table_name(toks: &[Token<'_>], i: &mut usize) -> Option<TableName> {
+    let part = |t: Option<&Token<'_>>| match t {
+        Some(Token::Word(w) | Token::Ident(w)) => Some(w.to_vec()),
+        _ => None,
+    };
+    let first = part(toks.get(*i))?;
+    if toks.get(*i + 1) == Some(&Token::Punct(b'.')) {
+        let name = part(toks.get(*i + 2))?;
+        *i += 3;
+        return Some(TableName {
+            schema: Some(first),
+            name,
+        });
+    }
+    *i += 1;
+    Some(TableName {
+        schema: None,
+        name: first,
+    })
+}
+
+/// A call of a user-level lock function, with its lock name when that is a string literal (as
+/// written, quotes off, escapes kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockCall {
+    Get(Option<Vec<u8>>),
+    Release(Option<Vec<u8>>),
+    ReleaseAll,
+}
+
+/// The GET_LOCK, RELEASE_LOCK and RELEASE_ALL_LOCKS calls of `sql`, in order. Releases are only
+/// reported for a single statement that starts with SELECT or DO (a release in, say, the body of
+/// a procedure being created runs later, or never).
+pub fn user_lock_calls(sql: &[u8], backslash_escapes: bool) -> Vec<LockCall> {
+    let toks: Vec<Token<'_>> = Lexer::with_escapes(sql, backslash_escapes)
+        .map(|s| s.token)
+        .collect();
+    let body = toks.iter().rev().skip_while(|t| **t == Token::Punct(b';'));
+    let single = !body.clone().any(|t| *t == Token::Punct(b';'));
+    let runs = single && is_kw_in(toks.first().copied(), &[b"SELECT", b"DO"]);
+    let mut out = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        let Token::Word(w) = *t else { continue };
+        let called = toks.get(i + 1) == Some(&Token::Punct(b'('))
+            && (i == 0 || toks[i - 1] != Token::Punct(b'.'));
+        if !called {
+            continue;
+        }
+        let name = match (toks.get(i + 2), toks.get(i + 3)) {
+            (Some(Token::Str { raw, .. }), Some(Token::Punct(b',' | b')'))) => Some(raw.to_vec()),
+            _ => None,
+        };
+        let mut buf = [0u8; 20];
+        match upper(w, &mut buf) {
+            b"GET_LOCK" => out.push(LockCall::Get(name)),
+            b"RELEASE_LOCK" if runs => out.push(LockCall::Release(name)),
+            b"RELEASE_ALL_LOCKS" if runs => out.push(LockCall::ReleaseAll),
+            _ => {}
+        }
+    }
+    out
+}
+
 pub fn user_vars_written(sql: &[u8]) -> UserVarsWritten<'_> {
     user_vars_written_with(sql, true)
 }
@@ -1549,6 +1682,58 @@ mod tests {
         ] {
             assert!(!c(sql).get_lock, "{sql}");
         }
+    }
+
+    #[test]
+    fn user_lock_calls_with_their_literal_names() {
+        use LockCall::*;
+        let calls = |q: &str| user_lock_calls(q.as_bytes(), true);
+        let name = |n: &str| Some(n.as_bytes().to_vec());
+        assert_eq!(
+            calls("SELECT GET_LOCK('a', 10), get_lock(\"b\", 0), GET_LOCK(CONCAT('x', 1), 0)"),
+            [Get(name("a")), Get(name("b")), Get(None)]
+        );
+        assert_eq!(
+            calls("DO RELEASE_LOCK('a'), RELEASE_ALL_LOCKS()"),
+            [Release(name("a")), ReleaseAll]
+        );
+        assert_eq!(calls("SELECT RELEASE_LOCK(@n);"), [Release(None)]);
+        // A release that does not run now is not one.
+        assert!(calls("CREATE PROCEDURE p() SELECT RELEASE_LOCK('a')").is_empty());
+        assert!(calls("SELECT 1; DO RELEASE_LOCK('a')").is_empty());
+        assert!(calls("SELECT 'GET_LOCK(1)', t.get_lock(1) FROM t").is_empty());
+    }
+
+    #[test]
+    fn temporary_table_changes() {
+        let t = |q: &str| temp_tables(q.as_bytes(), true);
+        let name = |s: Option<&str>, n: &str| TableName {
+            schema: s.map(|s| s.as_bytes().to_vec()),
+            name: n.as_bytes().to_vec(),
+        };
+        assert_eq!(
+            t("CREATE TEMPORARY TABLE IF NOT EXISTS `my t` (a int)"),
+            Some(TempTables::Create(name(None, "my t")))
+        );
+        assert_eq!(
+            t("create or replace temporary table db.t select 1"),
+            Some(TempTables::Create(name(Some("db"), "t")))
+        );
+        assert_eq!(
+            t("DROP TEMPORARY TABLE IF EXISTS a, db.b;"),
+            Some(TempTables::Drop(vec![
+                name(None, "a"),
+                name(Some("db"), "b")
+            ]))
+        );
+        assert_eq!(
+            t("drop table t cascade"),
+            Some(TempTables::Drop(vec![name(None, "t")]))
+        );
+        assert_eq!(t("CREATE TABLE t (a int)"), None);
+        assert_eq!(t("DROP TABLE t; SELECT 1"), None);
+        assert_eq!(t("DROP VIEW v"), None);
+        assert_eq!(t("SELECT 'DROP TABLE t'"), None);
     }
 
     #[test]

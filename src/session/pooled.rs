@@ -167,7 +167,8 @@ impl PooledShared {
 struct Pins {
     /// LOCK TABLES / FLUSH ... WITH READ LOCK, until UNLOCK TABLES.
     locks: bool,
-    /// GET_LOCK (held until the session ends: the proxy does not count locks).
+    /// A user lock whose name the proxy cannot tell (not a string literal, or taken through a
+    /// prepared statement): held until the session ends or RELEASE_ALL_LOCKS.
     get_lock: bool,
     /// A temporary table was created or dropped.
     temp_table: bool,
@@ -227,6 +228,10 @@ struct Running {
     outcome: Option<Outcome>,
     /// It is the login's check of the backend side (no client command).
     login: bool,
+    /// Its GET_LOCK / RELEASE_LOCK / RELEASE_ALL_LOCKS calls.
+    lock_calls: Vec<sql::LockCall>,
+    /// The temporary table it creates or the tables it drops.
+    temp: Option<sql::TempTables>,
 }
 
 /// What the proxy read of a COM_QUERY.
@@ -276,6 +281,10 @@ struct Session {
     conn: Option<BackendId>,
     last_conn: Option<BackendId>,
     pins: Pins,
+    /// User locks (GET_LOCK) the session holds by literal name, with how often taken.
+    user_locks: Vec<(Vec<u8>, u32)>,
+    /// Temporary tables the session created (schema as resolved then, name).
+    temp_tables: Vec<(Vec<u8>, Vec<u8>)>,
     /// One-command holds from the last command: warnings, SQL_CALC_FOUND_ROWS, transaction
     /// characteristics.
     held: Option<Held>,
@@ -399,6 +408,8 @@ impl Pooled {
             conn: None,
             last_conn: None,
             pins: Pins::default(),
+            user_locks: Vec::new(),
+            temp_tables: Vec::new(),
             held: None,
             queue: VecDeque::new(),
             running: None,
@@ -868,8 +879,10 @@ impl Pooled {
             self.stmts.release(st.key);
         }
         s.held = None;
-        let pinned = s.pins.any();
+        let pinned = s.pins.any() || !s.user_locks.is_empty() || !s.temp_tables.is_empty();
         s.pins = Pins::default();
+        s.user_locks.clear();
+        s.temp_tables.clear();
         if let Some(bid) = s.conn.take() {
             if let Some(b) = self.conns.get_mut(bid.0) {
                 b.session = None;
@@ -895,6 +908,12 @@ impl Pooled {
                 let set = sql::system_vars_set(sql);
                 run.sysvars = set.names;
                 run.stmt.opaque_set = set.opaque;
+            }
+            if run.stmt.get_lock {
+                run.lock_calls = sql::user_lock_calls(sql, true);
+            }
+            if run.stmt.temp_table || !s.temp_tables.is_empty() {
+                run.temp = sql::temp_tables(sql, true);
             }
             if run.stmt.user_var_write {
                 run.vars = sql::user_vars_written(sql)
@@ -1803,7 +1822,11 @@ impl Pooled {
         for (_, st) in s.stmts.drain() {
             self.stmts.release(st.key);
         }
-        let (sock, conn, dirty) = (s.sock, s.conn.take(), s.pins.any() || s.held.is_some());
+        let dirty = s.pins.any()
+            || s.held.is_some()
+            || !s.user_locks.is_empty()
+            || !s.temp_tables.is_empty();
+        let (sock, conn) = (s.sock, s.conn.take());
         if let Some(user) = s.counted.take() {
             self.ps.users.disconnect(&user);
         }
@@ -2153,9 +2176,16 @@ fn update_pins(s: &mut Session, run: &Running, outcome: &Outcome) {
     let st = run.stmt;
     if ok {
         s.pins.locks = (s.pins.locks || st.lock) && !st.unlock;
-        s.pins.get_lock |= st.get_lock;
-        s.pins.temp_table |= st.temp_table;
+        s.pins.temp_table |= st.temp_table && run.code != COM_QUERY;
         s.pins.text_prepare |= st.text_prepare;
+    }
+    if run.code == COM_QUERY && (st.temp_table || run.temp.is_some()) {
+        count_temp_tables(s, run.temp.as_ref(), ok);
+    }
+    if st.get_lock && run.code == COM_QUERY {
+        count_user_locks(s, &run.lock_calls, ok);
+    } else if st.get_lock && ok {
+        s.pins.get_lock = true;
     }
     if run.code == COM_SET_OPTION || (ok && st.opaque_set) {
         s.pins.other = true;
@@ -2164,11 +2194,72 @@ fn update_pins(s: &mut Session, run: &Running, outcome: &Outcome) {
     // prepare's own change is the proxy's business; anything else stays on this connection.
     let explained = st.user_var_write
         || st.temp_table
+        || run.temp.is_some()
         || st.text_prepare
         || !run.sysvars.is_empty()
         || run.code == COM_STMT_PREPARE;
     if outcome.untracked_change && !explained {
         s.pins.untracked = true;
+    }
+}
+
+/// Keeps the session's temporary tables by name: a CREATE counts even if it failed (the session
+/// only stays longer), a DROP only when it succeeded; a form the proxy cannot read pins for the
+/// rest of the session.
+fn count_temp_tables(s: &mut Session, change: Option<&sql::TempTables>, ok: bool) {
+    let here = s.state.schema.clone().unwrap_or_default();
+    let key = |t: &sql::TableName| {
+        (
+            t.schema.clone().unwrap_or_else(|| here.clone()),
+            t.name.clone(),
+        )
+    };
+    match change {
+        Some(sql::TempTables::Create(t)) => {
+            let k = key(t);
+            if !s.temp_tables.contains(&k) {
+                s.temp_tables.push(k);
+            }
+        }
+        Some(sql::TempTables::Drop(names)) if ok => {
+            for t in names {
+                let k = key(t);
+                s.temp_tables.retain(|x| *x != k);
+            }
+        }
+        Some(sql::TempTables::Drop(_)) => {}
+        None => s.pins.temp_table |= ok,
+    }
+}
+
+/// Counts the user locks a statement took and released, by literal name. Every GET_LOCK counts
+/// (even one that failed or timed out: the session only stays longer), a release only when the
+/// statement succeeded and that name was counted, so the count never says "none" while the
+/// server still holds one; a lock of unknown name pins until RELEASE_ALL_LOCKS.
+fn count_user_locks(s: &mut Session, calls: &[sql::LockCall], ok: bool) {
+    for call in calls {
+        match call {
+            sql::LockCall::Get(Some(name)) => {
+                match s.user_locks.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, k)) => *k += 1,
+                    None => s.user_locks.push((name.clone(), 1)),
+                }
+            }
+            sql::LockCall::Get(None) => s.pins.get_lock = true,
+            sql::LockCall::Release(Some(name)) if ok => {
+                if let Some(i) = s.user_locks.iter().position(|(n, _)| n == name) {
+                    s.user_locks[i].1 -= 1;
+                    if s.user_locks[i].1 == 0 {
+                        s.user_locks.swap_remove(i);
+                    }
+                }
+            }
+            sql::LockCall::ReleaseAll if ok => {
+                s.user_locks.clear();
+                s.pins.get_lock = false;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -2200,8 +2291,8 @@ fn holds(s: &mut Session, run: &Running, outcome: &Outcome, autocommit_pins: boo
     });
     one_shot
         .or_else(|| p.locks.then_some(Held::Locks))
-        .or_else(|| p.get_lock.then_some(Held::Other))
-        .or_else(|| p.temp_table.then_some(Held::TempTable))
+        .or_else(|| (p.get_lock || !s.user_locks.is_empty()).then_some(Held::Other))
+        .or_else(|| (p.temp_table || !s.temp_tables.is_empty()).then_some(Held::TempTable))
         .or_else(|| p.text_prepare.then_some(Held::TextPrepare))
         .or_else(|| p.untracked.then_some(Held::Untracked))
         .or_else(|| p.other.then_some(Held::Other))
