@@ -107,6 +107,8 @@ stats! {
     /// instead of pooled (state that cannot be reset, or the pool is past its limits).
     pool_resets,
     pool_closes,
+    /// Idle connections of one user handed to another's session with COM_CHANGE_USER.
+    pool_user_changes,
     /// Connections with a default schema closed (and replaced) because a session without one
     /// was to run on them.
     pooled_schema_swaps,

@@ -2144,3 +2144,47 @@ fn temporary_tables_pin_until_dropped() {
     drop((a, b));
     p.finish();
 }
+
+/// With one backend connection, sessions of two users take turns on it: COM_CHANGE_USER logs it
+/// in as each in turn (same server thread), each sees its own user and state.
+#[test]
+fn another_users_idle_connection_changes_user() {
+    let _serial = heavy();
+    let _timer = Timer::start("another_users_idle_connection_changes_user");
+    let db = setup();
+    let toml = user_toml("pl_clear", "clear-pw", None) + &user_toml("pl_hash", "hash-pw", None);
+    let args = ["--workers", "1", "--max-backend-connections", "1"];
+    let p = Pooled::start(db, "127.0.0.23", &toml, &args);
+    let mut a = connect(p.port(), "pl_clear", "clear-pw", Some("rp"));
+    let mut b = connect(p.port(), "pl_hash", "hash-pw", Some("pl_a"));
+    a.query_drop("SET @mine = 'a'").unwrap();
+    b.query_drop("SET @mine = 'b'").unwrap();
+    let mut threads = BTreeSet::new();
+    for round in 0..5 {
+        for (c, user, schema, mine) in [
+            (&mut a, "pl_clear@%", "rp", "a"),
+            (&mut b, "pl_hash@%", "pl_a", "b"),
+        ] {
+            let row = row_of(
+                c,
+                "SELECT CURRENT_USER(), DATABASE(), @mine, CONNECTION_ID()",
+            )
+            .unwrap_or_else(|e| panic!("round {round}, {user}: {e}"));
+            assert_eq!(
+                row[..3],
+                [some(user), some(schema), some(mine)],
+                "round {round}"
+            );
+            threads.insert(row[3].clone());
+        }
+    }
+    assert_eq!(
+        threads.len(),
+        1,
+        "one server connection throughout: {threads:?}"
+    );
+    let now = proxy_conns(db, p.source);
+    assert!(now.total <= 1, "{}", now.summary);
+    drop((a, b));
+    p.finish();
+}

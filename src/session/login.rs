@@ -95,6 +95,8 @@ pub struct Login {
     charset: u8,
     /// The connection (thread) id the server's greeting gave.
     pub connection_id: u32,
+    /// The greeting's scramble (a COM_CHANGE_USER later answers it).
+    pub nonce: Vec<u8>,
 }
 
 impl Default for Login {
@@ -119,7 +121,43 @@ impl Login {
             want: want | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH,
             charset,
             connection_id: 0,
+            nonce: Vec::new(),
         }
+    }
+
+    /// COM_CHANGE_USER to `cred` on a connection logged in with capabilities `caps`, whose
+    /// greeting gave `nonce`: the login that reads the server's answer (through
+    /// [`Login::feed`], ending with the OK as a login does) and the packet to send.
+    pub fn change_user(
+        caps: u32,
+        charset: u8,
+        nonce: &[u8],
+        cred: &Credentials,
+    ) -> (Login, Vec<u8>) {
+        let mut login = Login::with_capabilities(caps, charset);
+        login.caps = caps;
+        login.state = LoginState::AuthResult;
+        login.nonce = nonce.to_vec();
+        let auth = login.answer(cred, nonce);
+        let mut rest = u16::from(charset).to_le_bytes().to_vec();
+        if caps & CLIENT_PLUGIN_AUTH != 0 {
+            rest.extend_from_slice(login.plugin.name());
+            rest.push(0);
+        }
+        if caps & CLIENT_CONNECT_ATTRS != 0 {
+            rest.push(0);
+        }
+        let cmd = crate::protocol::command::Command::ChangeUser {
+            user: cred.user.as_bytes(),
+            auth_response: &auth,
+            database: cred.db.as_deref().unwrap_or("").as_bytes(),
+            rest: &rest,
+        };
+        let mut payload = Vec::with_capacity(64);
+        cmd.encode(caps, &mut payload);
+        let mut pkt = Vec::with_capacity(payload.len() + 4);
+        write_packet(&mut pkt, 0, &payload);
+        (login, pkt)
     }
 
     /// The answer to `nonce` for the plugin in use.
@@ -191,6 +229,7 @@ impl Login {
                     ));
                 }
                 self.connection_id = g.connection_id;
+                self.nonce = g.scramble().to_vec();
                 let mut caps = self.want & g.capabilities;
                 if cred.db.is_some() {
                     caps |= CLIENT_CONNECT_WITH_DB & g.capabilities;

@@ -994,12 +994,40 @@ impl Pooled {
             }
             return;
         }
-        // Full: an idle connection of another user makes room (once the server has closed
-        // it); the session waits.
-        if let Some((_, other)) = self.pool.take_any() {
+        // Full: an idle connection of another user is logged in again as this one (or, with
+        // other capabilities, makes room once the server has closed it: the session waits).
+        if let Some((other_key, other)) = self.pool.take_any() {
+            if other_key.caps == key.caps {
+                return self.hand_over(io, other, sid, key);
+            }
             self.close_conn(io, other);
         }
         self.wait_for_conn(io, sid, key);
+    }
+
+    /// Idle connection `bid` of another user goes to session `sid` (pool `key`): COM_CHANGE_USER
+    /// logs it in as the session's user; the session's command runs once it is set up.
+    fn hand_over(&mut self, io: &mut Io, bid: BackendId, sid: PooledId, key: PoolKey) {
+        let session = self.sessions.get(sid.0).filter(|s| !s.closed);
+        let Some(cred) = session.and_then(|s| s.cred.clone()) else {
+            return self.conn_free(io, bid);
+        };
+        let (Some(s), Some(b)) = (self.sessions.get_mut(sid.0), self.conns.get_mut(bid.0)) else {
+            return;
+        };
+        let now = io.now();
+        let mut acts = Vec::new();
+        b.change_user(key, Credentials { db: None, ..cred }, now, &mut acts);
+        b.session = Some(sid);
+        s.conn = Some(bid);
+        s.waiting_since = None;
+        io.stats.pooled_conns_held += 1;
+        io.stats.pool_user_changes += 1;
+        io.set_timer(
+            now + self.shared.backend_handshake_timeout,
+            Owner::PooledConn(bid).token(),
+        );
+        self.conn_actions(io, bid, None, &[], acts);
     }
 
     /// Session `sid` waits for a connection of `key` (at most pool_wait_timeout_ms).
@@ -1532,8 +1560,12 @@ impl Pooled {
             }
         }
         if let Some(w) = self.pool.first_waiter() {
-            // Another user's session waits: this connection's room is worth more to it. It
-            // stays first in line; the room is its own once the server has closed this one.
+            // Another user's session waits: this connection is logged in again as its user
+            // (same capabilities), or its room goes to it once the server has closed it (the
+            // session stays first in line).
+            if w.key.caps == key.caps {
+                return self.hand_over(io, bid, w.session, w.key);
+            }
             io.stats.pool_closes += 1;
             self.close_conn(io, bid);
             return self.pool.wait_first(w);
@@ -1954,7 +1986,7 @@ impl Pooled {
             ConnPhase::Connecting | ConnPhase::Login | ConnPhase::Setup
         );
         if logging_in {
-            if now >= b.opened_at + self.shared.backend_handshake_timeout {
+            if now >= b.login_since + self.shared.backend_handshake_timeout {
                 return self.conn_failed(io, bid, "login timed out".into());
             }
             return;

@@ -139,6 +139,8 @@ pub struct PooledBackend {
     /// the limit: the server still counts it).
     pub quitting: Option<Instant>,
     pub opened_at: Instant,
+    /// When its login (or COM_CHANGE_USER) began.
+    pub login_since: Instant,
     pub last_used: Instant,
     /// What the connection's session state is.
     pub state: SessionState,
@@ -177,6 +179,8 @@ pub struct PooledBackend {
     pub evicted: u64,
     /// The server's id of this connection (its thread id, what KILL names).
     pub thread_id: u32,
+    /// The greeting's scramble (COM_CHANGE_USER answers it).
+    nonce: Vec<u8>,
     /// The server's refusal of the login: code and message.
     pub last_error: Option<(u16, String)>,
 }
@@ -203,6 +207,7 @@ impl PooledBackend {
             orphaned: None,
             quitting: None,
             opened_at: now,
+            login_since: now,
             last_used: now,
             state: SessionState::default(),
             baseline: SessionState::default(),
@@ -226,7 +231,32 @@ impl PooledBackend {
             evicted: 0,
             last_error: None,
             thread_id: 0,
+            nonce: Vec::new(),
         }
+    }
+
+    /// Logs the idle connection in as another user of the same capabilities (COM_CHANGE_USER):
+    /// it then belongs to `key`, with a fresh session (state, statements and tracking are the
+    /// server's defaults again; the setup runs once the OK comes).
+    pub fn change_user(
+        &mut self,
+        key: PoolKey,
+        cred: Credentials,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let (login, pkt) = Login::change_user(self.caps, key.charset, &self.nonce, &cred);
+        self.key = key;
+        self.cred = cred;
+        self.login = Some(Box::new(login));
+        self.phase = Phase::Login;
+        self.login_since = now;
+        self.state = SessionState::default();
+        self.baseline = SessionState::default();
+        self.tracking = false;
+        self.prepared.clear();
+        self.prepared_order.clear();
+        out.push(Action::SendBackend(pkt));
     }
 
     pub fn phase(&self) -> Phase {
@@ -330,7 +360,11 @@ impl PooledBackend {
         match r {
             Ok(None) => Ok(()),
             Ok(Some(caps)) => {
-                self.thread_id = login.connection_id;
+                // A COM_CHANGE_USER keeps the thread and the greeting's scramble.
+                if login.connection_id != 0 {
+                    self.thread_id = login.connection_id;
+                    self.nonce = std::mem::take(&mut login.nonce);
+                }
                 self.login = None;
                 self.caps = caps;
                 self.tracker = ResponseTracker::new(caps);
