@@ -66,6 +66,8 @@ prewarm_max_age_ms = 1500
 backend_handshake_timeout_ms = 5000
 max_backend_connections = 50
 pool_idle_timeout_ms = 30000
+pool_min_idle = 1
+autocommit_off_pins = false
 pool_max_age_ms = 600000
 pool_ping_after_ms = 2000
 pool_wait_timeout_ms = 4000
@@ -109,6 +111,8 @@ const POOLED_PROXY_KEYS: &[&str] = &[
     "pooled_listen",
     "max_backend_connections",
     "pool_idle_timeout_ms",
+    "pool_min_idle",
+    "autocommit_off_pins",
     "pool_max_age_ms",
     "pool_ping_after_ms",
     "pool_wait_timeout_ms",
@@ -158,6 +162,8 @@ fn good_file_prints_the_effective_configuration() {
         "pooled_listen = [\"127.0.0.1:16034\", \"127.0.0.1:16035\"]",
         "max_backend_connections = 50",
         "pool_idle_timeout_ms = 30000",
+        "pool_min_idle = 1",
+        "autocommit_off_pins = false",
         "pool_max_age_ms = 600000",
         "pool_ping_after_ms = 2000",
         "pool_wait_timeout_ms = 4000",
@@ -177,12 +183,12 @@ fn good_file_prints_the_effective_configuration() {
         assert!(summary.contains(line), "missing {line:?} in:\n{summary}");
     }
     // One line per key (the pass-through keys fit one 24-line screen, see
-    // `pass_through_summary_fits_one_screen`; pooled mode adds its 10), then the users.
+    // `pass_through_summary_fits_one_screen`; pooled mode adds its 12), then the users.
     let (keys, users) = summary
         .split_once("\n\n[[users]]")
         .expect("users at the end");
     assert!(
-        keys.lines().count() <= 24 + 10,
+        keys.lines().count() <= 24 + 12,
         "one line per key:\n{summary}"
     );
     assert_eq!(users.matches("[[users]]").count(), 2, "{summary}");
