@@ -2034,6 +2034,41 @@ fn idle_connections_close_but_min_idle_stay() {
     assert_eq!(idle.logged_in, 2, "min idle 2: {}", idle.summary);
 }
 
+/// A proxy with one backend connection (one worker, pool_wait_timeout_ms 500) and two sessions
+/// of pl_pin on it.
+fn one_shared_connection(db: &MariaDb, source: &'static str) -> (Pooled, Conn, Conn) {
+    let toml = user_toml("pl_pin", "pin-pw", None);
+    let args = [
+        "--workers",
+        "1",
+        "--max-backend-connections",
+        "1",
+        "--pool-wait-timeout-ms",
+        "500",
+    ];
+    let p = Pooled::start(db, source, &toml, &args);
+    let a = connect(p.port(), "pl_pin", "pin-pw", Some("rp"));
+    let b = connect(p.port(), "pl_pin", "pin-pw", Some("rp"));
+    (p, a, b)
+}
+
+/// `b`'s query waits for the one connection, in vain (ERR 9001): another session holds it.
+fn other_waits(b: &mut Conn, what: &str) {
+    match b.query_first::<u32, _>("SELECT 1") {
+        Err(mysql::Error::MySqlError(e)) => assert_eq!(e.code, 9001, "{what}: {e}"),
+        other => panic!("{what}: the other session ran ({other:?}) while the first held on"),
+    }
+}
+
+/// `b`'s query runs: the one connection is free.
+fn other_runs(b: &mut Conn, what: &str) {
+    assert_eq!(
+        b.query_first::<u32, _>("SELECT 1").unwrap(),
+        Some(1),
+        "{what}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 10. User locks pin only while held
 // ---------------------------------------------------------------------------------------------
@@ -2047,55 +2082,33 @@ fn user_locks_pin_until_released() {
     let _serial = heavy();
     let _timer = Timer::start("user_locks_pin_until_released");
     let db = setup();
-    let toml = user_toml("pl_pin", "pin-pw", None);
-    let args = [
-        "--workers",
-        "1",
-        "--max-backend-connections",
-        "1",
-        "--pool-wait-timeout-ms",
-        "500",
-    ];
-    let p = Pooled::start(db, "127.0.0.21", &toml, &args);
-    let mut a = connect(p.port(), "pl_pin", "pin-pw", Some("rp"));
-    let mut b = connect(p.port(), "pl_pin", "pin-pw", Some("rp"));
-    let waits = |b: &mut Conn, what: &str| match b.query_first::<u32, _>("SELECT 1") {
-        Err(mysql::Error::MySqlError(e)) => assert_eq!(e.code, 9001, "{what}: {e}"),
-        other => panic!("{what}: the other session ran ({other:?}) while the lock was held"),
-    };
-    let runs = |b: &mut Conn, what: &str| {
-        assert_eq!(
-            b.query_first::<u32, _>("SELECT 1").unwrap(),
-            Some(1),
-            "{what}"
-        )
-    };
-    runs(&mut b, "before any lock");
+    let (p, mut a, mut b) = one_shared_connection(db, "127.0.0.21");
+    other_runs(&mut b, "before any lock");
     assert_eq!(
         value(&mut a, "SELECT GET_LOCK('pl_l1', 0), GET_LOCK('pl_l1', 0)"),
         some("1")
     );
-    waits(&mut b, "pl_l1 taken twice");
+    other_waits(&mut b, "pl_l1 taken twice");
     assert_eq!(value(&mut a, "SELECT RELEASE_LOCK('pl_l1')"), some("1"));
-    waits(&mut b, "pl_l1 released once of twice");
+    other_waits(&mut b, "pl_l1 released once of twice");
     a.query_drop("DO RELEASE_LOCK('pl_l1'); SELECT 1").unwrap();
     // A multi-statement's release is not counted: still held as far as the proxy knows.
-    waits(&mut b, "a release in a multi-statement");
+    other_waits(&mut b, "a release in a multi-statement");
     assert_eq!(
         value(&mut a, "SELECT IS_USED_LOCK('pl_l1') IS NULL"),
         some("1")
     );
     assert_eq!(value(&mut a, "SELECT RELEASE_ALL_LOCKS()"), some("0"));
-    runs(&mut b, "after RELEASE_ALL_LOCKS");
+    other_runs(&mut b, "after RELEASE_ALL_LOCKS");
     assert_eq!(
         value(&mut a, "SELECT GET_LOCK(CONCAT('pl_', 'l2'), 0)"),
         some("1")
     );
-    waits(&mut b, "a lock of computed name");
+    other_waits(&mut b, "a lock of computed name");
     assert_eq!(value(&mut a, "SELECT RELEASE_LOCK('pl_l2')"), some("1"));
-    waits(&mut b, "a computed name released by a literal");
+    other_waits(&mut b, "a computed name released by a literal");
     assert_eq!(value(&mut a, "SELECT RELEASE_ALL_LOCKS()"), some("0"));
-    runs(&mut b, "after RELEASE_ALL_LOCKS of a computed name");
+    other_runs(&mut b, "after RELEASE_ALL_LOCKS of a computed name");
     drop((a, b));
     p.finish();
 }
@@ -2107,40 +2120,18 @@ fn temporary_tables_pin_until_dropped() {
     let _serial = heavy();
     let _timer = Timer::start("temporary_tables_pin_until_dropped");
     let db = setup();
-    let toml = user_toml("pl_pin", "pin-pw", None);
-    let args = [
-        "--workers",
-        "1",
-        "--max-backend-connections",
-        "1",
-        "--pool-wait-timeout-ms",
-        "500",
-    ];
-    let p = Pooled::start(db, "127.0.0.22", &toml, &args);
-    let mut a = connect(p.port(), "pl_pin", "pin-pw", Some("rp"));
-    let mut b = connect(p.port(), "pl_pin", "pin-pw", Some("rp"));
-    let waits = |b: &mut Conn, what: &str| match b.query_first::<u32, _>("SELECT 1") {
-        Err(mysql::Error::MySqlError(e)) => assert_eq!(e.code, 9001, "{what}: {e}"),
-        other => panic!("{what}: the other session ran ({other:?}) while a temporary table lived"),
-    };
-    let runs = |b: &mut Conn, what: &str| {
-        assert_eq!(
-            b.query_first::<u32, _>("SELECT 1").unwrap(),
-            Some(1),
-            "{what}"
-        )
-    };
+    let (p, mut a, mut b) = one_shared_connection(db, "127.0.0.22");
     a.query_drop("CREATE TEMPORARY TABLE pl_tmp1 (a INT)")
         .unwrap();
     a.query_drop("CREATE TEMPORARY TABLE rp.pl_tmp2 (a INT)")
         .unwrap();
-    waits(&mut b, "two temporary tables");
+    other_waits(&mut b, "two temporary tables");
     a.query_drop("DROP TEMPORARY TABLE pl_tmp1").unwrap();
-    waits(&mut b, "one temporary table left");
+    other_waits(&mut b, "one temporary table left");
     assert_eq!(value(&mut a, "SELECT COUNT(*) FROM pl_tmp2"), some("0"));
     a.query_drop("DROP TABLE pl_tmp2").unwrap();
-    runs(&mut b, "after both were dropped");
-    runs(&mut b, "still");
+    other_runs(&mut b, "after both were dropped");
+    other_runs(&mut b, "still");
     drop((a, b));
     p.finish();
 }
