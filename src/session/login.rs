@@ -220,43 +220,7 @@ impl Login {
             return Err(server_err(payload));
         }
         match self.state {
-            LoginState::Greeting => {
-                let g = parse_handshake_v10(payload)
-                    .map_err(|e| LoginError::Protocol(format!("greeting: {e}")))?;
-                if g.capabilities & CLIENT_PROTOCOL_41 == 0 {
-                    return Err(LoginError::Unsupported(
-                        "the server does not speak protocol 4.1".into(),
-                    ));
-                }
-                self.connection_id = g.connection_id;
-                self.nonce = g.scramble().to_vec();
-                let mut caps = self.want & g.capabilities;
-                if cred.db.is_some() {
-                    caps |= CLIENT_CONNECT_WITH_DB & g.capabilities;
-                }
-                self.caps = caps;
-                self.plugin = g
-                    .auth_plugin_name
-                    .and_then(Plugin::from_name)
-                    .unwrap_or(Plugin::Native);
-                let auth = self.answer(cred, &g.scramble());
-                let resp = HandshakeResponse41 {
-                    capabilities: caps,
-                    max_packet_size: 1 << 24,
-                    charset: self.charset,
-                    mariadb_ext_capabilities: 0,
-                    username: cred.user.as_bytes(),
-                    auth_response: &auth,
-                    database: cred.db.as_deref().map(str::as_bytes),
-                    auth_plugin_name: Some(self.plugin.name()),
-                    connect_attrs: None,
-                };
-                let mut p = Vec::with_capacity(128);
-                encode_handshake_response41(&resp, &mut p);
-                write_packet(out, seq.wrapping_add(1), &p);
-                self.state = LoginState::AuthResult;
-                Ok(false)
-            }
+            LoginState::Greeting => self.on_greeting(seq, payload, cred, out),
             LoginState::AuthResult => match first {
                 Some(OK_HEADER) => Ok(true),
                 Some(AUTH_SWITCH_HEADER) => {
@@ -308,6 +272,51 @@ impl Login {
                 )),
             },
         }
+    }
+
+    /// The server's greeting: the handshake response answers it.
+    fn on_greeting(
+        &mut self,
+        seq: u8,
+        payload: &[u8],
+        cred: &Credentials,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, LoginError> {
+        let g = parse_handshake_v10(payload)
+            .map_err(|e| LoginError::Protocol(format!("greeting: {e}")))?;
+        if g.capabilities & CLIENT_PROTOCOL_41 == 0 {
+            return Err(LoginError::Unsupported(
+                "the server does not speak protocol 4.1".into(),
+            ));
+        }
+        self.connection_id = g.connection_id;
+        self.nonce = g.scramble().to_vec();
+        let mut caps = self.want & g.capabilities;
+        if cred.db.is_some() {
+            caps |= CLIENT_CONNECT_WITH_DB & g.capabilities;
+        }
+        self.caps = caps;
+        self.plugin = g
+            .auth_plugin_name
+            .and_then(Plugin::from_name)
+            .unwrap_or(Plugin::Native);
+        let auth = self.answer(cred, &self.nonce);
+        let resp = HandshakeResponse41 {
+            capabilities: caps,
+            max_packet_size: 1 << 24,
+            charset: self.charset,
+            mariadb_ext_capabilities: 0,
+            username: cred.user.as_bytes(),
+            auth_response: &auth,
+            database: cred.db.as_deref().map(str::as_bytes),
+            auth_plugin_name: Some(self.plugin.name()),
+            connect_attrs: None,
+        };
+        let mut p = Vec::with_capacity(128);
+        encode_handshake_response41(&resp, &mut p);
+        write_packet(out, seq.wrapping_add(1), &p);
+        self.state = LoginState::AuthResult;
+        Ok(false)
     }
 }
 

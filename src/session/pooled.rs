@@ -180,6 +180,14 @@ struct Pins {
     other: bool,
 }
 
+impl Session {
+    /// Whether something keeps the session on its connection for good (until its condition
+    /// ends): a pin, a user lock or a temporary table.
+    fn pinned(&self) -> bool {
+        self.pins.any() || !self.user_locks.is_empty() || !self.temp_tables.is_empty()
+    }
+}
+
 impl Pins {
     fn any(&self) -> bool {
         self.locks
@@ -589,11 +597,11 @@ impl Pooled {
                 .and_then(|st| self.sha2.password(&user, &st).map(<[u8]>::to_vec)),
             _ => None,
         };
+        let learned = match (learned, remembered) {
+            (Some(Learned::Sha2Stage1(_)), Some(pw)) => Some(Learned::Password(pw)),
+            (learned, _) => learned,
+        };
         match learned {
-            Some(Learned::Sha2Stage1(_)) if remembered.is_some() => {
-                let pw = remembered.unwrap_or_default();
-                cred.password = String::from_utf8_lossy(&pw).into_owned();
-            }
             Some(Learned::Password(pw)) => {
                 if let Some(entry) = self.ps.users.lookup(&user, s.client.peer.map(|p| p.ip())) {
                     if let Some(st) = entry.stored.as_ref() {
@@ -879,7 +887,7 @@ impl Pooled {
             self.stmts.release(st.key);
         }
         s.held = None;
-        let pinned = s.pins.any() || !s.user_locks.is_empty() || !s.temp_tables.is_empty();
+        let pinned = s.pinned();
         s.pins = Pins::default();
         s.user_locks.clear();
         s.temp_tables.clear();
@@ -988,11 +996,7 @@ impl Pooled {
             false => None,
         };
         if let Some(bid) = opened {
-            if let Some(s) = self.sessions.get_mut(sid.0) {
-                s.conn = Some(bid);
-                io.stats.pooled_conns_held += 1;
-            }
-            return;
+            return self.hold_new(io, sid, bid);
         }
         // Full: an idle connection of another user is logged in again as this one (or, with
         // other capabilities, makes room once the server has closed it: the session waits).
@@ -1012,22 +1016,30 @@ impl Pooled {
         let Some(cred) = session.and_then(|s| s.cred.clone()) else {
             return self.conn_free(io, bid);
         };
-        let (Some(s), Some(b)) = (self.sessions.get_mut(sid.0), self.conns.get_mut(bid.0)) else {
+        let Some(b) = self.conns.get_mut(bid.0) else {
             return;
         };
         let now = io.now();
         let mut acts = Vec::new();
         b.change_user(key, Credentials { db: None, ..cred }, now, &mut acts);
         b.session = Some(sid);
-        s.conn = Some(bid);
-        s.waiting_since = None;
-        io.stats.pooled_conns_held += 1;
+        self.hold_new(io, sid, bid);
         io.stats.pool_user_changes += 1;
         io.set_timer(
             now + self.shared.backend_handshake_timeout,
             Owner::PooledConn(bid).token(),
         );
         self.conn_actions(io, bid, None, &[], acts);
+    }
+
+    /// Session `sid` holds `bid`, a connection opened or logging in again for it (its command
+    /// runs once the connection is set up).
+    fn hold_new(&mut self, io: &mut Io, sid: PooledId, bid: BackendId) {
+        if let Some(s) = self.sessions.get_mut(sid.0) {
+            s.conn = Some(bid);
+            s.waiting_since = None;
+            io.stats.pooled_conns_held += 1;
+        }
     }
 
     /// Session `sid` waits for a connection of `key` (at most pool_wait_timeout_ms).
@@ -1174,17 +1186,17 @@ impl Pooled {
     fn swap_for_schemaless(&mut self, io: &mut Io, sid: PooledId, bid: BackendId) {
         self.close_conn(io, bid);
         io.stats.pooled_schema_swaps += 1;
-        let Some(key) = self.sessions.get(sid.0).and_then(|s| s.key.clone()) else {
-            return;
-        };
-        let opened = self.open_conn(io, &key, Some(sid));
+        io.stats.pooled_conns_held = io.stats.pooled_conns_held.saturating_sub(1);
         let Some(s) = self.sessions.get_mut(sid.0) else {
             return;
         };
-        s.conn = opened;
-        if opened.is_none() {
-            io.stats.pooled_conns_held = io.stats.pooled_conns_held.saturating_sub(1);
-            self.wait_for_conn(io, sid, key);
+        s.conn = None;
+        let Some(key) = s.key.clone() else {
+            return;
+        };
+        match self.open_conn(io, &key, Some(sid)) {
+            Some(opened) => self.hold_new(io, sid, opened),
+            None => self.wait_for_conn(io, sid, key),
         }
     }
 
@@ -1204,40 +1216,22 @@ impl Pooled {
         let detour = (sqlinfo.schema != here)
             .then(|| sqlinfo.schema.as_ref().zip(here.as_ref()))
             .flatten();
-        let parsing = b.state.parse_detour(&sqlinfo.parse_vars);
-        if let Some((there, _)) = detour {
-            send_job(
-                b,
-                Job::Replay,
-                &[&[COM_INIT_DB][..], there].concat(),
-                &mut acts,
-            );
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        if let Some((there, back)) = detour {
+            before.push([&[COM_INIT_DB][..], there].concat());
+            after.push([&[COM_INIT_DB][..], back].concat());
         }
-        if let Some((there, _)) = &parsing {
-            send_job(
-                b,
-                Job::Replay,
-                &[&[COM_QUERY][..], there].concat(),
-                &mut acts,
-            );
+        if let Some((there, back)) = b.state.parse_detour(&sqlinfo.parse_vars) {
+            before.push([&[COM_QUERY][..], &there].concat());
+            after.insert(0, [&[COM_QUERY][..], &back].concat());
+        }
+        for payload in &before {
+            send_job(b, Job::Replay, payload, &mut acts);
         }
         let prepare = [&[COM_STMT_PREPARE][..], &sqlinfo.sql].concat();
         send_job(b, Job::Prepare(key), &prepare, &mut acts);
-        if let Some((_, back)) = &parsing {
-            send_job(
-                b,
-                Job::Replay,
-                &[&[COM_QUERY][..], back].concat(),
-                &mut acts,
-            );
-        }
-        if let Some((_, back)) = detour {
-            send_job(
-                b,
-                Job::Replay,
-                &[&[COM_INIT_DB][..], back].concat(),
-                &mut acts,
-            );
+        for payload in &after {
+            send_job(b, Job::Replay, payload, &mut acts);
         }
         io.stats.reprepares += 1;
         self.conn_actions(io, bid, None, &[], acts);
@@ -1590,19 +1584,22 @@ impl Pooled {
         }
     }
 
+    /// Whether another worker's sessions wait for a connection.
+    fn others_hungry(&self) -> bool {
+        self.ps.hungry.load(Ordering::Relaxed) > usize::from(self.hungry)
+    }
+
     /// Whether this worker may open a connection: not at or past its share while another
     /// worker's sessions wait (the room the limit has then is theirs).
     fn may_open(&self) -> bool {
-        let others = self.ps.hungry.load(Ordering::Relaxed) > usize::from(self.hungry);
-        !others || self.conns.len() < self.ps.share
+        !self.others_hungry() || self.conns.len() < self.ps.share
     }
 
     /// Whether this worker's free connections are another's: its sessions wait while this
     /// worker holds more than its share, or has no session waiting (both waiting at their
     /// shares keep what they hold: no connection goes back and forth).
     fn owes_room(&self) -> bool {
-        let others = self.ps.hungry.load(Ordering::Relaxed) > usize::from(self.hungry);
-        others && (self.conns.len() > self.ps.share || self.pool.waiting() == 0)
+        self.others_hungry() && (self.conns.len() > self.ps.share || self.pool.waiting() == 0)
     }
 
     /// Every worker tick: waiters get the room the limit has again, and an idle connection
@@ -1634,11 +1631,7 @@ impl Pooled {
             let Some(bid) = self.open_conn(io, &w.key, Some(w.session)) else {
                 return self.pool.wait_first(w);
             };
-            if let Some(s) = self.sessions.get_mut(w.session.0) {
-                s.conn = Some(bid);
-                s.waiting_since = None;
-                io.stats.pooled_conns_held += 1;
-            }
+            self.hold_new(io, w.session, bid);
         }
     }
 
@@ -1854,10 +1847,7 @@ impl Pooled {
         for (_, st) in s.stmts.drain() {
             self.stmts.release(st.key);
         }
-        let dirty = s.pins.any()
-            || s.held.is_some()
-            || !s.user_locks.is_empty()
-            || !s.temp_tables.is_empty();
+        let dirty = s.pinned() || s.held.is_some();
         let (sock, conn) = (s.sock, s.conn.take());
         if let Some(user) = s.counted.take() {
             self.ps.users.disconnect(&user);

@@ -251,12 +251,21 @@ impl PooledBackend {
         self.login = Some(Box::new(login));
         self.phase = Phase::Login;
         self.login_since = now;
-        self.state = SessionState::default();
+        self.server_session_dropped(None);
         self.baseline = SessionState::default();
         self.tracking = false;
+        out.push(Action::SendBackend(pkt));
+    }
+
+    /// The server dropped the connection's session (COM_RESET_CONNECTION, COM_CHANGE_USER): its
+    /// state is the server's defaults in `schema`, and it has no statements.
+    fn server_session_dropped(&mut self, schema: Option<Vec<u8>>) {
+        self.state = SessionState {
+            schema,
+            ..SessionState::default()
+        };
         self.prepared.clear();
         self.prepared_order.clear();
-        out.push(Action::SendBackend(pkt));
     }
 
     pub fn phase(&self) -> Phase {
@@ -686,12 +695,7 @@ impl PooledBackend {
     /// and its statements, and session tracking with them, which the setup turns on again.
     fn was_reset(&mut self) {
         let schema = self.state.schema.take();
-        self.state = SessionState {
-            schema,
-            ..SessionState::default()
-        };
-        self.prepared.clear();
-        self.prepared_order.clear();
+        self.server_session_dropped(schema);
         let mut pkt = Vec::new();
         write_packet(&mut pkt, 0, &[&[COM_QUERY][..], SETUP].concat());
         self.queued.push_front((Job::Setup, pkt));
