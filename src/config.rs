@@ -1474,12 +1474,10 @@ impl Secret {
                 at + 1
             ));
         }
-        // Every character is an ASCII hex digit (checked above).
-        let digit = |b: u8| char::from(b).to_digit(16).unwrap_or(0) as u8;
-        let mut hash = [0u8; 20];
-        for (byte, pair) in hash.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-            *byte = (digit(pair[0]) << 4) | digit(pair[1]);
-        }
+        // Every character is an ASCII hex digit and there are 40 (checked above).
+        let hash = crate::protocol::hex::decode(hex.as_bytes())
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| format!("{not_a_hash}: not 40 hex digits"))?;
         Ok(Secret::NativeHash(hash))
     }
 
@@ -1539,7 +1537,9 @@ impl Debug for Secret {
 }
 
 fn hex_upper(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    crate::protocol::hex::encode_upper_into(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// The `[[users]]` array of tables: every user checked, names unique.

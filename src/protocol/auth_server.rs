@@ -152,11 +152,7 @@ fn parse_native_hash(s: &[u8]) -> Option<[u8; 20]> {
     if hex.len() != 40 {
         return None;
     }
-    let mut out = [0u8; 20];
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = hex_digit(*pair.first()?)? << 4 | hex_digit(*pair.last()?)?;
-    }
-    Some(out)
+    super::hex::decode(hex)?.try_into().ok()
 }
 
 fn hex_digit(c: u8) -> Option<u8> {

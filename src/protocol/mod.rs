@@ -23,6 +23,7 @@ pub mod cursor;
 pub mod error;
 pub mod framing;
 pub mod handshake;
+pub mod hex;
 pub mod packets;
 pub mod scanner;
 pub mod sql;

@@ -780,9 +780,11 @@ fn read_user_vars(names: &[Vec<u8>], packets: &[Vec<u8>]) -> Vec<(Vec<u8>, UserV
             charset: None,
         };
         if ty == VarType::Text && var.value.is_some() {
-            if let (Some(bytes), Some(cs), Some(coll)) =
-                (hex.and_then(|h| unhex(&h)), charset, collation)
-            {
+            if let (Some(bytes), Some(cs), Some(coll)) = (
+                hex.and_then(|h| crate::protocol::hex::decode(&h)),
+                charset,
+                collation,
+            ) {
                 var.value = Some(bytes);
                 var.charset = Some((cs, coll));
             }
@@ -806,17 +808,6 @@ pub fn user_var_columns(quoted: &[u8]) -> Vec<u8> {
         b")",
     ]
     .concat()
-}
-
-/// Bytes of a hexadecimal string (`None` if it is not one).
-fn unhex(h: &[u8]) -> Option<Vec<u8>> {
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    h.chunks(2)
-        .map(|p| match p {
-            [a, b] => Some(digit(*a)? << 4 | digit(*b)?),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The value type of a column definition (protocol 4.1).

@@ -228,9 +228,7 @@ fn converted(v: &[u8], charset: &[u8], out: &mut Vec<u8>) {
 /// `X'…'` (`X''` for the empty string).
 fn hex_literal(v: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"X'");
-    for b in v {
-        out.extend_from_slice(format!("{b:02X}").as_bytes());
-    }
+    crate::protocol::hex::encode_upper_into(v, out);
     out.push(b'\'');
 }
 
