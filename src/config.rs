@@ -83,11 +83,22 @@ pub struct KeySpec {
     pub negation: &'static str,
     /// MySQL Proxy's name for the option, accepted as a visible alias.
     pub alias: Option<&'static str>,
-    /// A setting of pooled mode (`mode: pooled`): the summary leaves it out while no pooled
-    /// listener is configured and it holds its default.
-    pub pooled: bool,
+    /// The mode the key belongs to: the summary leaves a key of a mode that is off out while it
+    /// holds its default.
+    pub mode: Mode,
     /// What the key means: the doc comment of its declaration.
     pub help: &'static str,
+}
+
+/// Which part of the proxy a key configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every configuration.
+    Any,
+    /// Pooled listeners (`mode: pooled`).
+    Pooled,
+    /// A Lua script (`mode: script`).
+    Script,
 }
 
 /// `Some(x)` for a given `x`, else `None` (for the optional parts of a declaration).
@@ -100,13 +111,16 @@ macro_rules! optional {
     };
 }
 
-/// Whether a declaration's `mode` is `pooled` (no `mode`: a key of every mode).
-macro_rules! pooled_mode {
+/// The [`Mode`] of a declaration (no `mode`: a key of every mode).
+macro_rules! key_mode {
     () => {
-        false
+        Mode::Any
     };
     (pooled) => {
-        true
+        Mode::Pooled
+    };
+    (script) => {
+        Mode::Script
     };
 }
 
@@ -142,7 +156,7 @@ macro_rules! config_keys {
         /// The declaration of every key, by [`Config`] field name.
         #[allow(non_upper_case_globals)]
         pub mod keys {
-            use super::KeySpec;
+            use super::{KeySpec, Mode};
             $($(#[doc = $doc])+ pub static $field: KeySpec = KeySpec {
                 section: stringify!($section),
                 name: stringify!($name),
@@ -151,7 +165,7 @@ macro_rules! config_keys {
                 flag: concat!("--", $long),
                 negation: concat!("no-", $long),
                 alias: optional!($($alias)?),
-                pooled: pooled_mode!($($mode)?),
+                mode: key_mode!($($mode)?),
                 help: concat!($($doc),+),
             };)+
         }
@@ -279,6 +293,13 @@ config_keys! {
     backends: Vec<SocketAddr> {
         key: proxy.backends, flag: "backend" | "proxy-backend-addresses",
         kind: Addrs, default: &[],
+    }
+    /// Read-only backend servers (IP:PORT) scripts may route to (`proxy.global.backends` lists
+    /// them after the backends, as BACKEND_TYPE_RO); repeatable and/or comma-separated.
+    read_only_backends: Vec<SocketAddr> {
+        key: proxy.read_only_backends,
+        flag: "read-only-backends" | "proxy-read-only-backend-addresses",
+        kind: AddrsOrNone, default: &[], mode: script,
     }
     /// Local address (an IP address, no port) backend connections of its address family are made
     /// from, e.g. 127.0.0.2 or one of the host's addresses; unset, the kernel chooses.
@@ -466,6 +487,48 @@ config_keys! {
     users_refresh_ms: u64 {
         key: monitor.users_refresh_ms, flag: "users-refresh-ms",
         kind: Int<100, MAX_TIMEOUT_MS>, default: 5_000, mode: pooled,
+    }
+    /// Lua script run on pass-through listeners with MySQL Proxy's hook API (connect_server,
+    /// read_handshake, read_auth, read_auth_result, read_query, read_query_result,
+    /// disconnect_client); reloaded when the file changes and on SIGHUP.
+    lua_script: Option<PathBuf> {
+        key: script.lua_script, flag: "lua-script" | "proxy-lua-script",
+        kind: FilePath, default: None, mode: script,
+    }
+    /// Lua module search path (`package.path`) of scripts; unset: LUA_PATH, else LuaJIT's own,
+    /// with the script's directory and ringproxy's scripts/ searched first.
+    lua_path: Option<String> {
+        key: script.lua_path, flag: "lua-path",
+        kind: Name, default: None, mode: script,
+    }
+    /// Lua C module search path (`package.cpath`) of scripts; unset: LUA_CPATH, else LuaJIT's
+    /// own.
+    lua_cpath: Option<String> {
+        key: script.lua_cpath, flag: "lua-cpath",
+        kind: Name, default: None, mode: script,
+    }
+    /// Run each worker's scripts on a thread of its own (fed through a queue of lua_queue_depth
+    /// hook calls) instead of inline at the end of the worker's loop turn.
+    lua_executor_thread: bool {
+        key: script.lua_executor_thread, flag: "lua-executor-thread",
+        kind: Switch, default: false, mode: script,
+    }
+    /// Hook calls a worker may have queued for its executor; beyond it, sessions wait.
+    lua_queue_depth: usize {
+        key: script.lua_queue_depth, flag: "lua-queue-depth",
+        kind: Int<1, 65_536>, default: 256, mode: script,
+    }
+    /// Lua VM instructions one hook call may run before it is stopped as runaway (the hook then
+    /// fails as if it raised an error); 0 = no limit, which also lets LuaJIT compile scripts
+    /// (its compiled code cannot be interrupted).
+    lua_max_instructions: u64 {
+        key: script.lua_max_instructions, flag: "lua-max-instructions",
+        kind: Int<0, NO_MAX>, default: 100_000_000, mode: script,
+    }
+    /// Memory one worker's Lua VM may allocate; an allocation beyond it fails the hook call.
+    lua_memory_limit: usize {
+        key: script.lua_memory_limit, flag: "lua-memory-limit",
+        kind: Size<{ MIB }, NO_MAX>, default: "256MiB", mode: script,
     }
 }
 
@@ -1919,6 +1982,15 @@ impl Config {
         !self.pooled_listen.is_empty()
     }
 
+    /// Whether the keys of `mode` are in use.
+    pub fn mode_on(&self, mode: Mode) -> bool {
+        match mode {
+            Mode::Any => true,
+            Mode::Pooled => self.pooled_mode(),
+            Mode::Script => self.lua_script.is_some(),
+        }
+    }
+
     /// A summary of the effective configuration, one `section.key = value` line per key (pooled
     /// mode's keys only in pooled mode or when not at their default; one screen without them),
     /// then the `[[users]]` tables. It is itself a valid configuration file: feeding it back
@@ -1934,7 +2006,7 @@ impl Config {
         } in self.rendered()
         {
             let Some(value) = value else { continue };
-            if key.pooled && !self.pooled_mode() && Some(&value) == default.as_ref() {
+            if !self.mode_on(key.mode) && Some(&value) == default.as_ref() {
                 continue;
             }
             out += &format!("{} = {value}", key.path);
@@ -2942,7 +3014,7 @@ mod tests {
         let summary = c.summary();
         assert!(summary.lines().count() <= 24, "one screen:\n{summary}");
         // Pooled mode's keys are shown in pooled mode: see `pooled_summary_...` below.
-        for key in KEYS.iter().filter(|key| !key.pooled) {
+        for key in KEYS.iter().filter(|key| key.mode == Mode::Any) {
             let line = format!("\n{} = ", key.path);
             assert!(summary.contains(&line), "{} missing:\n{summary}", key.path);
         }
@@ -3671,7 +3743,7 @@ mod tests {
         let err = FileConfig::parse("[proxy]\nusers = []\n", "f.toml").unwrap_err();
         assert_eq!(err.key(), Some("proxy.users"));
         let err = FileConfig::parse("[user]\n", "f.toml").unwrap_err();
-        assert!(err.to_string().contains("`monitor`, `users`"), "{err}");
+        assert!(err.to_string().contains("`monitor`, `script`, `users`"), "{err}");
     }
 
     #[test]
@@ -3717,7 +3789,7 @@ mod tests {
             22,
             "as before pooled mode:\n{summary}"
         );
-        for key in KEYS.iter().filter(|key| key.pooled) {
+        for key in KEYS.iter().filter(|key| key.mode == Mode::Pooled) {
             assert!(
                 !summary.contains(key.path),
                 "{} shown:\n{summary}",
@@ -3773,7 +3845,7 @@ mod tests {
             &["--users-refresh-ms=1000"],
         );
         let summary = c.summary();
-        for key in KEYS {
+        for key in KEYS.iter().filter(|key| key.mode != Mode::Script) {
             let line = format!("\n{} = ", key.path);
             assert!(summary.contains(&line), "{} missing:\n{summary}", key.path);
         }
@@ -3790,7 +3862,8 @@ mod tests {
         }
         // One line per key after the header, then the users.
         let keys = summary.split("\n\n[[users]]").next().unwrap();
-        assert_eq!(keys.lines().count(), 1 + KEYS.len(), "{summary}");
+        let shown = KEYS.iter().filter(|k| k.mode != Mode::Script).count();
+        assert_eq!(keys.lines().count(), 1 + shown, "{summary}");
         assert!(
             summary.ends_with("active = false\ndefault_hostgroup = 0\n"),
             "{summary}"

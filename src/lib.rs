@@ -8,6 +8,7 @@
 //! - [`session`]: client and backend connections as I/O-free state machines, and the proxy
 //!   service that runs them: pass-through sessions (the handshake and auth relayed, then
 //!   commands, with the response tracker following where each response ends).
+//! - [`script`]: Lua scripts with MySQL Proxy's hook API, run on pass-through listeners.
 //! - [`metrics`]: per-worker counters.
 //! - [`alloc_count`]: the counting allocator of benchmark builds (feature `count-allocs`).
 //! - [`server`]: starts the workers for a configuration and handles SIGINT/SIGTERM.
@@ -26,5 +27,6 @@ pub mod error;
 pub mod metrics;
 pub mod protocol;
 pub mod runtime;
+pub mod script;
 pub mod server;
 pub mod session;

@@ -134,6 +134,11 @@ stats! {
     pin_other,
     /// Sessions that fell back to pass-through (a plugin the proxy cannot verify).
     pooled_passthrough,
+    /// Scripted sessions started; Lua hook calls run, and those that failed (an error, the
+    /// instruction budget, the memory limit).
+    script_sessions,
+    lua_calls,
+    lua_errors,
 }
 
 #[cfg(test)]

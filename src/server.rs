@@ -81,7 +81,7 @@ pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> io::Result<Vec<Arc<S
         listen: listen.clone(),
         shutdown,
         budget: Arc::new(MemoryBudget::new(config.max_memory)),
-        inboxes: false,
+        inboxes: config.lua_script.is_some() && config.lua_executor_thread,
     };
     let mut running = spawn::spawn(spec, move |_| Proxy::new(Arc::clone(&shared)))?;
     log::info!(

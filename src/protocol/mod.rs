@@ -7,6 +7,7 @@
 //! - [`framing`]: packet headers, 16 MiB continuation packets, the streaming packet splitter.
 //! - [`handshake`]: HandshakeV10, HandshakeResponse41, AuthSwitchRequest, AuthMoreData.
 //! - [`packets`]: OK / ERR / EOF.
+//! - [`resultset`]: text resultsets as whole packets: encoding generated ones, decoding received ones.
 //! - [`command`]: client commands as borrowed views.
 //! - [`compress`]: the compressed protocol (zlib/zstd): streaming inflate with bounded memory.
 //! - [`scanner`]: finds where each response ends without decoding rows.
@@ -25,6 +26,7 @@ pub mod framing;
 pub mod handshake;
 pub mod hex;
 pub mod packets;
+pub mod resultset;
 pub mod scanner;
 pub mod sql;
 pub mod track;

@@ -65,6 +65,9 @@ pub trait Service {
     /// Messages other threads send this worker through its [`Inbox`].
     type Msg: Send + 'static;
 
+    /// The worker's inbox, given before [`Service::on_start`] when the worker has one (so the
+    /// service can hand threads of its own a way to wake the worker).
+    fn on_inbox(&mut self, _inbox: Arc<Inbox<Self::Msg>>) {}
     /// Called once on the worker's thread before the loop starts.
     fn on_start(&mut self, _io: &mut Io) {}
     /// A client connection was accepted on listener number `listener` (the index in the list
@@ -202,9 +205,13 @@ impl<S: Service> Worker<S> {
             });
         }
         let now = io.now;
+        let mut service = parts.service;
+        if let Some(inbox) = &parts.inbox {
+            service.on_inbox(Arc::clone(inbox));
+        }
         Ok(Worker {
             io,
-            service: parts.service,
+            service,
             inbox: parts.inbox,
             shutdown: parts.shutdown,
             shared: parts.stats,

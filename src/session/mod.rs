@@ -58,6 +58,10 @@ pub struct ClientId(pub Key);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendId(pub Key);
 
+/// A scripted session of this worker ([`crate::script`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScriptId(pub Key);
+
 /// A pooled session of this worker (its client connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PooledId(pub Key);
@@ -66,6 +70,8 @@ const CLIENT_TAG: u64 = 1 << 56;
 const BACKEND_TAG: u64 = 2 << 56;
 const POOLED_TAG: u64 = 3 << 56;
 const POOLED_CONN_TAG: u64 = 4 << 56;
+const SCRIPT_TAG: u64 = 5 << 56;
+const SCRIPT_CONN_TAG: u64 = 6 << 56;
 const TAG_MASK: u64 = 0xff << 56;
 
 /// Whose a socket (or a timer) is: the token the runtime hands back with its events.
@@ -77,6 +83,10 @@ pub enum Owner {
     Pooled(PooledId),
     /// A pooled backend connection.
     PooledConn(BackendId),
+    /// A scripted session's client connection.
+    Script(ScriptId),
+    /// A scripted session's backend connection.
+    ScriptConn(ScriptId),
 }
 
 impl Owner {
@@ -86,6 +96,8 @@ impl Owner {
             Owner::Backend(b) => BACKEND_TAG | b.0.pack(),
             Owner::Pooled(p) => POOLED_TAG | p.0.pack(),
             Owner::PooledConn(b) => POOLED_CONN_TAG | b.0.pack(),
+            Owner::Script(s) => SCRIPT_TAG | s.0.pack(),
+            Owner::ScriptConn(s) => SCRIPT_CONN_TAG | s.0.pack(),
         }
     }
 
@@ -96,6 +108,8 @@ impl Owner {
             BACKEND_TAG => Some(Owner::Backend(BackendId(key))),
             POOLED_TAG => Some(Owner::Pooled(PooledId(key))),
             POOLED_CONN_TAG => Some(Owner::PooledConn(BackendId(key))),
+            SCRIPT_TAG => Some(Owner::Script(ScriptId(key))),
+            SCRIPT_CONN_TAG => Some(Owner::ScriptConn(ScriptId(key))),
             _ => None,
         }
     }
@@ -120,6 +134,8 @@ pub struct Shared {
     pub backend_handshake_timeout: Duration,
     /// Pooled listeners' shared part (None without `pooled_listen`).
     pub pooled: Option<Arc<pooled::PooledShared>>,
+    /// The script pass-through listeners run (None without `lua_script`).
+    pub script: Option<Arc<crate::script::ScriptShared>>,
     next_backend: AtomicUsize,
     /// Client connections open across all workers (until their socket is released).
     pub active: AtomicUsize,
@@ -138,8 +154,8 @@ impl Shared {
             send_high_water: config.send_high_water,
             handshake_timeout: ms(config.handshake_timeout_ms),
             idle_timeout: (config.idle_timeout_ms > 0).then(|| ms(config.idle_timeout_ms)),
-            // Prewarmed connections serve pass-through clients only.
-            prewarm: if config.listen.is_empty() {
+            // Prewarmed connections serve unscripted pass-through clients only.
+            prewarm: if config.listen.is_empty() || config.lua_script.is_some() {
                 0
             } else {
                 config.prewarm
@@ -147,6 +163,7 @@ impl Shared {
             prewarm_max_age: ms(config.prewarm_max_age_ms),
             backend_handshake_timeout: ms(config.backend_handshake_timeout_ms),
             pooled: None,
+            script: crate::script::ScriptShared::new(config),
             next_backend: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             sources: Mutex::new(HashMap::new()),

@@ -23,7 +23,10 @@ use super::client::{self, ClientConn};
 use super::pooled::Pooled;
 use super::{BackendId, ClientId, Owner, RateLimit, Shared};
 use crate::error::{Error, Side};
+use crate::runtime::inbox::Inbox;
 use crate::runtime::{BufRef, Io, Service, Slab, SockId};
+use crate::script::executor::Waker;
+use crate::script::part::Scripted;
 
 /// How long to wait before prewarming again after a prewarm connect failed.
 const PREWARM_BACKOFF: Duration = Duration::from_secs(1);
@@ -65,6 +68,10 @@ pub struct Proxy {
     protocol_warnings: RateLimit,
     /// The pooled sessions and connections (with pooled listeners).
     pooled: Option<Pooled>,
+    /// The scripted sessions (with a script; made in `on_start`, on the worker's thread).
+    scripted: Option<Scripted>,
+    /// Wakes the worker from its Lua executor thread.
+    waker: Option<Waker>,
 }
 
 impl Proxy {
@@ -83,13 +90,16 @@ impl Proxy {
             draining: false,
             connect_warnings: RateLimit::new(Duration::from_secs(5)),
             protocol_warnings: RateLimit::new(Duration::from_secs(5)),
+            scripted: None,
+            waker: None,
         }
     }
 
     /// Client and backend connections open (for tests and the drain).
     pub fn connections(&self) -> (usize, usize) {
         let (ps, pc) = self.pooled.as_ref().map_or((0, 0), Pooled::counts);
-        (self.clients.len() + ps, self.backends.len() + pc)
+        let ss = self.scripted.as_ref().map_or(0, Scripted::len);
+        (self.clients.len() + ps + ss, self.backends.len() + pc)
     }
 
     /// Buffers held by stalled clients (for the runtime's invariants check).
@@ -851,7 +861,15 @@ impl client::CommandSink for NoBackend {
 impl Service for Proxy {
     type Msg = ();
 
+    fn on_inbox(&mut self, inbox: Arc<Inbox<()>>) {
+        self.waker = Some(Arc::new(move || inbox.wake()));
+    }
+
     fn on_start(&mut self, io: &mut Io) {
+        if let Some(script) = self.shared.script.clone() {
+            let shared = Arc::clone(&self.shared);
+            self.scripted = Some(Scripted::new(shared, script, self.waker.take()));
+        }
         self.prewarm(io);
     }
 
@@ -859,8 +877,9 @@ impl Service for Proxy {
         if let Some(err) = self.admit_error(io, peer) {
             return self.refuse(io, sock, &err);
         }
-        match self.pooled.as_mut() {
-            Some(p) if p.is_pooled_listener(listener) => p.accept(io, sock, peer),
+        match (self.pooled.as_mut(), self.scripted.as_mut()) {
+            (Some(p), _) if p.is_pooled_listener(listener) => p.accept(io, sock, peer),
+            (_, Some(s)) => s.accept(io, sock, peer),
             _ => self.accept(io, sock, peer),
         }
     }
@@ -868,6 +887,9 @@ impl Service for Proxy {
     fn on_connect(&mut self, io: &mut Io, _sock: SockId, owner: u64, result: io::Result<()>) {
         if let (Some(Owner::PooledConn(bid)), Some(p)) = (Owner::of(owner), self.pooled.as_mut()) {
             return p.on_conn_connected(io, bid, result);
+        }
+        if let (Some(Owner::ScriptConn(id)), Some(s)) = (Owner::of(owner), self.scripted.as_mut()) {
+            return s.on_connected(io, id, result);
         }
         let Some(Owner::Backend(bid)) = Owner::of(owner) else {
             return;
@@ -923,6 +945,16 @@ impl Service for Proxy {
                     p.on_conn_data(io, bid, data, buf);
                 }
             }
+            Some(Owner::Script(id)) => {
+                if let Some(s) = self.scripted.as_mut() {
+                    s.on_client_data(io, id, data);
+                }
+            }
+            Some(Owner::ScriptConn(id)) => {
+                if let Some(s) = self.scripted.as_mut() {
+                    s.on_backend_data(io, id, data);
+                }
+            }
             None => {}
         }
     }
@@ -946,6 +978,16 @@ impl Service for Proxy {
                     p.on_conn_eof(io, bid, error);
                 }
             }
+            Some(Owner::Script(id)) => {
+                if let Some(s) = self.scripted.as_mut() {
+                    s.on_client_eof(io, id);
+                }
+            }
+            Some(Owner::ScriptConn(id)) => {
+                if let Some(s) = self.scripted.as_mut() {
+                    s.on_backend_eof(io, id, error);
+                }
+            }
             None => {}
         }
     }
@@ -959,6 +1001,12 @@ impl Service for Proxy {
             Some(o @ (Owner::Pooled(_) | Owner::PooledConn(_))) => {
                 if let Some(p) = self.pooled.as_mut() {
                     p.on_sent(io, o, queued);
+                }
+                None
+            }
+            Some(o @ (Owner::Script(_) | Owner::ScriptConn(_))) => {
+                if let Some(s) = self.scripted.as_mut() {
+                    s.on_sent(io, o);
                 }
                 None
             }
@@ -986,6 +1034,9 @@ impl Service for Proxy {
         if let (Some(Owner::Pooled(sid)), Some(p)) = (Owner::of(owner), self.pooled.as_mut()) {
             return p.on_released(io, sid);
         }
+        if let (Some(Owner::Script(id)), Some(s)) = (Owner::of(owner), self.scripted.as_mut()) {
+            return s.on_released(io, id);
+        }
         let Some(Owner::Client(cid)) = Owner::of(owner) else {
             return;
         };
@@ -1010,7 +1061,18 @@ impl Service for Proxy {
                     p.conn_timer(io, bid);
                 }
             }
-            None => {}
+            Some(Owner::Script(id)) => {
+                if let Some(s) = self.scripted.as_mut() {
+                    s.on_timer(io, id);
+                }
+            }
+            Some(Owner::ScriptConn(_)) | None => {}
+        }
+    }
+
+    fn on_turn(&mut self, io: &mut Io) {
+        if let Some(s) = self.scripted.as_mut() {
+            s.turn(io);
         }
     }
 
@@ -1026,6 +1088,9 @@ impl Service for Proxy {
         self.draining = true;
         if let Some(p) = self.pooled.as_mut() {
             p.shutdown(io);
+        }
+        if let Some(s) = self.scripted.as_mut() {
+            s.shutdown(io);
         }
         for bid in std::mem::take(&mut self.ready) {
             self.retire_backend(io, bid);
@@ -1058,11 +1123,15 @@ impl Service for Proxy {
         self.clients.is_empty()
             && self.backends.is_empty()
             && self.pooled.as_ref().is_none_or(Pooled::is_empty)
+            && self.scripted.as_ref().is_none_or(Scripted::is_empty)
     }
 
     fn abort_all(&mut self, io: &mut Io) {
         if let Some(p) = self.pooled.as_mut() {
             p.abort_all(io);
+        }
+        if let Some(s) = self.scripted.as_mut() {
+            s.abort_all(io);
         }
         for key in self.clients.keys() {
             self.end_session(io, ClientId(key), End::Quiet, Side::Proxy);

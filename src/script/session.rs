@@ -1,0 +1,635 @@
+//! One scripted session as an I/O-free machine: a client connection, at most one backend
+//! connection, whole packets (payloads copied out of the received bytes), and at most one hook
+//! call in flight. Bytes and decisions in, [`Out`]s out; [`super::part`] does the I/O and runs
+//! the calls.
+//!
+//! Phases: `Opening` (connect_server's call is out) → `Connecting` → `Greeting` (the backend's
+//! greeting, then read_handshake) → `ClientAuth` (the client's handshake response, then
+//! read_auth) → `AuthRelay` (the server's answers relayed, then read_auth_result) → `Command` →
+//! `Ended`. A script that answers connect_server itself has no backend: the session goes from
+//! `Opening` to `ClientAuth` and its read_auth must answer the login.
+//!
+//! In `Command`, each client command goes to read_query (when the script defines it); what it
+//! decides becomes a queue of queries for the backend, run one after another: the client's own
+//! packet (no decision), the script's injections (PROXY_SEND_QUERY), or none (PROXY_SEND_RESULT:
+//! the script's answer goes to the client). An injected query's result is held whole and given to
+//! read_query_result when the script defines it, then forwarded, replaced or hidden; other
+//! results stream to the client packet by packet. Client commands that arrive meanwhile wait.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Decision, Hook, HookName, Hooks, Injected, Injection, Ret, Update};
+use crate::error::Error;
+use crate::protocol::constants::*;
+use crate::protocol::framing::{write_packet, PacketHead, HEAD_CAP};
+use crate::protocol::handshake::{parse_handshake_response41, patch_server_greeting};
+use crate::protocol::packets::write_err_packet;
+use crate::protocol::scanner::{ClientPacket, ResponseTracker, ServerPacket};
+use crate::session::client::{CLEAR_CAPS, CLEAR_MARIADB_EXT};
+
+/// Capabilities cleared in the greeting a scripted client sees, besides [`CLEAR_CAPS`]: no
+/// compression (scripts read packets), no CLIENT_DEPRECATE_EOF (generated resultsets end with
+/// EOF, as MySQL Proxy's do).
+const SCRIPT_CLEAR_CAPS: u32 =
+    CLEAR_CAPS | CLIENT_COMPRESS | CLIENT_ZSTD_COMPRESSION_ALGORITHM | CLIENT_DEPRECATE_EOF;
+/// Largest result held whole for read_query_result.
+pub const RESULT_MAX: usize = 64 << 20;
+/// Error code of the proxy's own refusals in scripted sessions (ER_UNKNOWN_ERROR).
+const ER_SCRIPT: u16 = 1105;
+
+/// What the session asks for.
+#[derive(Debug)]
+pub enum Out {
+    /// Framed bytes for the client.
+    Client(Vec<u8>),
+    /// Framed bytes for the backend.
+    Backend(Vec<u8>),
+    /// A hook call to run, with what the connection learned since the last one.
+    Call(Hook, Vec<Update>),
+    /// Connect to backend number `ndx` (None: the next one, round-robin).
+    Connect(Option<usize>),
+    /// Close the session; `flush`: after what is queued for the client was sent.
+    End { flush: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Opening,
+    Connecting,
+    Greeting,
+    ClientAuth,
+    AuthRelay,
+    Command,
+    Ended,
+}
+
+/// The query whose response the backend is sending.
+#[derive(Debug)]
+struct Current {
+    inj: Injection,
+    /// The result is held whole for read_query_result.
+    held: bool,
+    sent_at: Instant,
+    first_at: Option<Instant>,
+    packets: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// One scripted session.
+pub struct Session {
+    phase: Phase,
+    hooks: Hooks,
+    /// The hook whose decision is awaited.
+    waiting: Option<HookName>,
+    /// The packet the awaited hook is about (forwarded when there is no decision).
+    held: Option<Vec<u8>>,
+    cin: Vec<u8>,
+    bin: Vec<u8>,
+    /// Queries to run, each with whether it is the client's own packet.
+    queue: VecDeque<(Injection, bool)>,
+    current: Option<Current>,
+    tracker: ResponseTracker,
+    backend: Option<(usize, SocketAddr)>,
+    /// Sequence id of the client's last packet.
+    client_seq: u8,
+    /// LOCAL INFILE: the client's packets go to the server as they are until the empty one.
+    infile: bool,
+    /// Capabilities the client and the backend agreed on.
+    caps: u32,
+    max_packet: usize,
+    /// What `proxy.connection` learned since the last call.
+    updates: Vec<Update>,
+}
+
+fn frame(seq: u8, payload: &[u8], out: &mut Vec<u8>) {
+    write_packet(out, seq, payload);
+}
+
+fn frame_all(first_seq: u8, packets: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(packets.iter().map(|p| p.len() + 4).sum());
+    for (i, p) in packets.iter().enumerate() {
+        frame(first_seq.wrapping_add(i as u8), p, &mut out);
+    }
+    out
+}
+
+fn err_bytes(seq: u8, message: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_err_packet(&mut out, seq, ER_SCRIPT, b"HY000", message.as_bytes());
+    out
+}
+
+/// A whole packet from `buf` (its sequence id and payload), or None until one is complete.
+fn take_packet(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    if buf.len() < 4 {
+        return None;
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], 0]) as usize;
+    if buf.len() < 4 + len {
+        return None;
+    }
+    let seq = buf[3];
+    let payload = buf[4..4 + len].to_vec();
+    buf.drain(..4 + len);
+    Some((seq, payload))
+}
+
+fn head(payload: &[u8], seq: u8) -> PacketHead<'_> {
+    PacketHead {
+        len: payload.len() as u32,
+        seq,
+        head: &payload[..payload.len().min(HEAD_CAP)],
+        continuation: false,
+        at: Some(0),
+        start: 0,
+    }
+}
+
+impl Session {
+    pub fn new(max_packet: usize) -> Session {
+        Session {
+            phase: Phase::Opening,
+            hooks: Hooks::default(),
+            waiting: Some(HookName::ConnectServer),
+            held: None,
+            cin: Vec::new(),
+            bin: Vec::new(),
+            queue: VecDeque::new(),
+            current: None,
+            tracker: ResponseTracker::new(CLIENT_PROTOCOL_41),
+            backend: None,
+            client_seq: 0,
+            infile: false,
+            caps: CLIENT_PROTOCOL_41,
+            max_packet,
+            updates: Vec::new(),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Bytes held (input not consumed yet, a held result).
+    pub fn held_bytes(&self) -> usize {
+        self.cin.len() + self.bin.len() + self.current.as_ref().map_or(0, |c| c.bytes)
+    }
+
+    /// True while nothing is in flight: no call, no query (a drain may end it).
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Command
+            && self.waiting.is_none()
+            && self.current.is_none()
+            && self.queue.is_empty()
+    }
+
+    /// The backend to connect to was chosen and connected.
+    pub fn backend_connected(&mut self, ndx: usize, addr: SocketAddr) {
+        self.backend = Some((ndx, addr));
+        self.phase = Phase::Greeting;
+    }
+
+    fn end(&mut self, out: &mut Vec<Out>, flush: bool) {
+        self.phase = Phase::Ended;
+        out.push(Out::End { flush });
+    }
+
+    /// Tells the client (when a packet may go to it now) and ends.
+    fn fail(&mut self, out: &mut Vec<Out>, seq: u8, message: &str) {
+        out.push(Out::Client(err_bytes(seq, message)));
+        self.end(out, true);
+    }
+
+    /// The backend could not be reached or went away.
+    pub fn backend_lost(&mut self, err: &Error, out: &mut Vec<Out>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        let mut bytes = Vec::new();
+        let seq = match self.phase {
+            Phase::Connecting | Phase::Greeting => 0,
+            _ => self.client_seq.wrapping_add(1),
+        };
+        err.write_err_packet(seq, &mut bytes);
+        out.push(Out::Client(bytes));
+        self.end(out, true);
+    }
+
+    fn call(&mut self, name: HookName, hook: Hook, held: Option<Vec<u8>>, out: &mut Vec<Out>) {
+        self.waiting = Some(name);
+        self.held = held;
+        out.push(Out::Call(hook, std::mem::take(&mut self.updates)));
+    }
+
+    /// A decision for the awaited call.
+    pub fn decided(&mut self, d: Decision, now: Instant, out: &mut Vec<Out>) {
+        let Some(name) = self.waiting.take() else {
+            return;
+        };
+        if self.phase == Phase::Ended {
+            return;
+        }
+        let held = self.held.take();
+        match name {
+            HookName::ConnectServer => self.connect_decided(d, out),
+            HookName::ReadHandshake => self.handshake_decided(d, held, out),
+            HookName::ReadAuth => self.auth_decided(d, held, out),
+            HookName::ReadAuthResult => self.auth_result_decided(d, held, out),
+            HookName::ReadQuery => self.query_decided(d, held, now, out),
+            HookName::ReadQueryResult => self.result_decided(d, held, now, out),
+            HookName::DisconnectClient => {}
+        }
+        self.pump(now, out);
+    }
+
+    fn connect_decided(&mut self, d: Decision, out: &mut Vec<Out>) {
+        self.hooks = d.hooks;
+        match (d.ret, d.response) {
+            (Ret::SendResult, Some(packets)) => {
+                out.push(Out::Client(frame_all(0, &packets)));
+                self.phase = Phase::ClientAuth;
+            }
+            _ => {
+                self.phase = Phase::Connecting;
+                out.push(Out::Connect(d.backend_ndx));
+            }
+        }
+    }
+
+    fn handshake_decided(&mut self, d: Decision, held: Option<Vec<u8>>, out: &mut Vec<Out>) {
+        if let (Ret::SendResult, Some(packets)) = (d.ret, d.response) {
+            out.push(Out::Client(frame_all(0, &packets)));
+            return self.end(out, true);
+        }
+        let mut bytes = Vec::new();
+        frame(0, &held.unwrap_or_default(), &mut bytes);
+        out.push(Out::Client(bytes));
+        self.phase = Phase::ClientAuth;
+    }
+
+    fn auth_decided(&mut self, d: Decision, held: Option<Vec<u8>>, out: &mut Vec<Out>) {
+        let seq = self.client_seq.wrapping_add(1);
+        if let (Ret::SendResult, Some(packets)) = (d.ret, d.response) {
+            let ok = packets.first().and_then(|p| p.first()) == Some(&OK_HEADER);
+            out.push(Out::Client(frame_all(seq, &packets)));
+            if !ok {
+                return self.end(out, true);
+            }
+            self.phase = Phase::Command;
+            return;
+        }
+        if self.backend.is_none() {
+            return self.fail(
+                out,
+                seq,
+                "ringproxy: the script answered no login and there is no backend",
+            );
+        }
+        let mut bytes = Vec::new();
+        frame(self.client_seq, &held.unwrap_or_default(), &mut bytes);
+        out.push(Out::Backend(bytes));
+        self.phase = Phase::AuthRelay;
+    }
+
+    fn auth_result_decided(&mut self, d: Decision, held: Option<Vec<u8>>, out: &mut Vec<Out>) {
+        let (seq, packet) = (self.client_seq.wrapping_add(1), held.unwrap_or_default());
+        let packets = match (d.ret, d.response) {
+            (Ret::SendResult, Some(p)) => p,
+            _ => vec![packet],
+        };
+        let ok = packets.first().and_then(|p| p.first()) == Some(&OK_HEADER);
+        out.push(Out::Client(frame_all(seq, &packets)));
+        if ok {
+            self.phase = Phase::Command;
+        } else {
+            self.end(out, true);
+        }
+    }
+
+    fn query_decided(
+        &mut self,
+        d: Decision,
+        held: Option<Vec<u8>>,
+        now: Instant,
+        out: &mut Vec<Out>,
+    ) {
+        let packet = held.unwrap_or_default();
+        let quit = packet.first() == Some(&COM_QUIT);
+        if quit && self.backend.is_none() {
+            return self.end(out, false);
+        }
+        match (d.ret, d.response) {
+            (Ret::SendResult, Some(packets)) => {
+                out.push(Out::Client(frame_all(1, &packets)));
+                if quit {
+                    self.end(out, true);
+                }
+                return;
+            }
+            (Ret::SendQuery, _) if !d.queries.is_empty() => {
+                self.queue.extend(d.queries.into_iter().map(|q| (q, false)))
+            }
+            _ => {
+                let own = Injection {
+                    id: 0,
+                    packet,
+                    resultset_is_needed: false,
+                };
+                self.queue.push_back((own, true));
+            }
+        }
+        self.start_next(now, out);
+    }
+
+    fn result_decided(
+        &mut self,
+        d: Decision,
+        held: Option<Vec<u8>>,
+        now: Instant,
+        out: &mut Vec<Out>,
+    ) {
+        let Some(cur) = self.current.take() else {
+            return;
+        };
+        drop(held);
+        match (d.ret, d.response) {
+            (Ret::IgnoreResult, _) => {}
+            (Ret::SendResult, Some(packets)) => out.push(Out::Client(frame_all(1, &packets))),
+            _ => out.push(Out::Client(frame_all(1, &cur.packets))),
+        }
+        self.queue.extend(d.queries.into_iter().map(|q| (q, false)));
+        self.start_next(now, out);
+    }
+
+    /// Sends the next query of the queue to the backend.
+    fn start_next(&mut self, now: Instant, out: &mut Vec<Out>) {
+        let Some((inj, original)) = self.queue.pop_front() else {
+            return;
+        };
+        if self.backend.is_none() {
+            self.queue.clear();
+            return out.push(Out::Client(err_bytes(
+                1,
+                "ringproxy: no backend (the script answered connect_server itself)",
+            )));
+        }
+        let quit = inj.packet.first() == Some(&COM_QUIT);
+        let mut bytes = Vec::new();
+        frame(0, &inj.packet, &mut bytes);
+        out.push(Out::Backend(bytes));
+        if quit {
+            self.queue.clear();
+            return self.end(out, false);
+        }
+        let expect = self.tracker.on_client_packet(&head(&inj.packet, 0));
+        let expects_nothing = matches!(
+            expect,
+            Ok(ClientPacket::Command {
+                expect: crate::protocol::scanner::Expect::Nothing,
+                ..
+            })
+        );
+        let held = !original && self.hooks.has(HookName::ReadQueryResult);
+        self.current = Some(Current {
+            inj,
+
+            held,
+            sent_at: now,
+            first_at: None,
+            packets: Vec::new(),
+            bytes: 0,
+        });
+        if expects_nothing {
+            self.current = None;
+            self.start_next(now, out);
+        }
+    }
+
+    /// The client's bytes.
+    pub fn client_bytes(&mut self, data: &[u8], now: Instant, out: &mut Vec<Out>) {
+        self.cin.extend_from_slice(data);
+        self.pump(now, out);
+    }
+
+    /// The backend's bytes.
+    pub fn backend_bytes(&mut self, data: &[u8], now: Instant, out: &mut Vec<Out>) {
+        self.bin.extend_from_slice(data);
+        self.pump(now, out);
+    }
+
+    /// Consumes whole packets while nothing is awaited.
+    fn pump(&mut self, now: Instant, out: &mut Vec<Out>) {
+        loop {
+            if self.phase == Phase::Ended || self.waiting.is_some() {
+                return;
+            }
+            let progressed = self.pump_backend(now, out) || self.pump_client(now, out);
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn oversized(&mut self, buf_len: usize, out: &mut Vec<Out>) -> bool {
+        if buf_len > self.max_packet + 4 {
+            let seq = self.client_seq.wrapping_add(1);
+            self.fail(
+                out,
+                seq,
+                "ringproxy: packet too large for a scripted session",
+            );
+            return true;
+        }
+        false
+    }
+
+    fn pump_backend(&mut self, now: Instant, out: &mut Vec<Out>) -> bool {
+        let Some((seq, payload)) = take_packet(&mut self.bin) else {
+            return self.oversized(self.bin.len(), out);
+        };
+        match self.phase {
+            Phase::Greeting => self.on_greeting(payload, out),
+            Phase::AuthRelay => self.on_auth_packet(seq, payload, out),
+            Phase::Command => self.on_response_packet(seq, payload, now, out),
+            _ => {
+                let seq = self.client_seq.wrapping_add(1);
+                self.fail(out, seq, "ringproxy: the backend sent a packet out of turn");
+            }
+        }
+        true
+    }
+
+    fn pump_client(&mut self, now: Instant, out: &mut Vec<Out>) -> bool {
+        let may_read = match self.phase {
+            Phase::ClientAuth | Phase::AuthRelay => true,
+            Phase::Command => self.infile || (self.current.is_none() && self.queue.is_empty()),
+            _ => false,
+        };
+        if !may_read {
+            return false;
+        }
+        let Some((seq, payload)) = take_packet(&mut self.cin) else {
+            return self.oversized(self.cin.len(), out);
+        };
+        self.client_seq = seq;
+        match self.phase {
+            Phase::ClientAuth => self.on_login(payload, out),
+            Phase::AuthRelay => {
+                let mut bytes = Vec::new();
+                frame(seq, &payload, &mut bytes);
+                out.push(Out::Backend(bytes));
+            }
+            _ if self.infile => self.on_infile_data(seq, payload, out),
+            _ => self.on_command(payload, now, out),
+        }
+        true
+    }
+
+    fn on_greeting(&mut self, mut payload: Vec<u8>, out: &mut Vec<Out>) {
+        if payload.first() == Some(&ERR_HEADER) {
+            let mut bytes = Vec::new();
+            frame(0, &payload, &mut bytes);
+            out.push(Out::Client(bytes));
+            return self.end(out, true);
+        }
+        if let Err(e) = patch_server_greeting(&mut payload, SCRIPT_CLEAR_CAPS, CLEAR_MARIADB_EXT) {
+            return self.fail(
+                out,
+                0,
+                &format!("ringproxy: bad greeting from the backend: {e}"),
+            );
+        }
+        let (ndx, addr) = self.backend.expect("greeting phase has a backend");
+        self.updates.push(Update::Server {
+            greeting: payload.clone(),
+            ndx,
+            addr,
+        });
+        if self.hooks.has(HookName::ReadHandshake) {
+            return self.call(HookName::ReadHandshake, Hook::Handshake, Some(payload), out);
+        }
+        let mut bytes = Vec::new();
+        frame(0, &payload, &mut bytes);
+        out.push(Out::Client(bytes));
+        self.phase = Phase::ClientAuth;
+    }
+
+    fn on_login(&mut self, payload: Vec<u8>, out: &mut Vec<Out>) {
+        let Ok(resp) = parse_handshake_response41(&payload) else {
+            let seq = self.client_seq.wrapping_add(1);
+            return self.fail(out, seq, "ringproxy: bad handshake response");
+        };
+        self.caps = resp.capabilities & !SCRIPT_CLEAR_CAPS;
+        self.tracker = ResponseTracker::new(self.caps);
+        self.updates.push(Update::Client {
+            response: payload.clone(),
+        });
+        if self.hooks.has(HookName::ReadAuth) {
+            return self.call(HookName::ReadAuth, Hook::Auth, Some(payload), out);
+        }
+        let d = Decision::none(0);
+        self.auth_decided(d, Some(payload), out);
+    }
+
+    fn on_auth_packet(&mut self, seq: u8, payload: Vec<u8>, out: &mut Vec<Out>) {
+        self.client_seq = seq.wrapping_sub(1);
+        let end = matches!(payload.first(), Some(&OK_HEADER) | Some(&ERR_HEADER));
+        if end && self.hooks.has(HookName::ReadAuthResult) {
+            let hook = Hook::AuthResult(payload.clone());
+            return self.call(HookName::ReadAuthResult, hook, Some(payload), out);
+        }
+        if end {
+            return self.auth_result_decided(Decision::none(0), Some(payload), out);
+        }
+        let mut bytes = Vec::new();
+        frame(seq, &payload, &mut bytes);
+        out.push(Out::Client(bytes));
+    }
+
+    fn on_command(&mut self, payload: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
+        if payload.is_empty() {
+            return self.fail(out, 1, "ringproxy: empty command packet");
+        }
+        if self.hooks.has(HookName::ReadQuery) {
+            let hook = Hook::Query(payload.clone());
+            return self.call(HookName::ReadQuery, hook, Some(payload), out);
+        }
+        self.query_decided(Decision::none(0), Some(payload), now, out);
+    }
+
+    fn on_infile_data(&mut self, seq: u8, payload: Vec<u8>, out: &mut Vec<Out>) {
+        if let Err(e) = self.tracker.on_client_packet(&head(&payload, seq)) {
+            return self.fail(out, seq.wrapping_add(1), &format!("ringproxy: {e}"));
+        }
+        if payload.is_empty() {
+            self.infile = false;
+        }
+        let mut bytes = Vec::new();
+        frame(seq, &payload, &mut bytes);
+        out.push(Out::Backend(bytes));
+    }
+
+    fn on_response_packet(&mut self, seq: u8, payload: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
+        let kind = self.tracker.on_server_packet(&head(&payload, seq));
+        let Some(cur) = self.current.as_mut() else {
+            let seq = self.client_seq.wrapping_add(1);
+            return self.fail(
+                out,
+                seq,
+                "ringproxy: the backend sent a packet with no query pending",
+            );
+        };
+        cur.first_at.get_or_insert(now);
+        cur.bytes += payload.len() + 4;
+        if cur.held {
+            if cur.bytes > RESULT_MAX {
+                return self.fail(out, 1, "ringproxy: result too large for read_query_result");
+            }
+            cur.packets.push(payload);
+        } else {
+            let mut bytes = Vec::new();
+            frame(seq, &payload, &mut bytes);
+            out.push(Out::Client(bytes));
+        }
+        match kind {
+            Ok(ServerPacket::Part) => {}
+            Ok(ServerPacket::AwaitClient) => self.infile = true,
+            Ok(ServerPacket::ResponseEnd { .. }) => self.response_ended(now, out),
+            Ok(ServerPacket::Unsolicited { .. }) | Err(_) => {
+                let seq = self.client_seq.wrapping_add(1);
+                self.fail(out, seq, "ringproxy: the backend broke the protocol");
+            }
+        }
+    }
+
+    fn response_ended(&mut self, now: Instant, out: &mut Vec<Out>) {
+        let held = self.current.as_ref().is_some_and(|c| c.held);
+        if !held {
+            self.current = None;
+            return self.start_next(now, out);
+        }
+        let cur = self.current.as_mut().expect("checked above");
+        let inj = Injected {
+            id: cur.inj.id,
+            query: cur.inj.packet.clone(),
+            resultset_is_needed: cur.inj.resultset_is_needed,
+            query_time_us: micros(cur.first_at.unwrap_or(now) - cur.sent_at),
+            response_time_us: micros(now - cur.sent_at),
+            packets: std::mem::take(&mut cur.packets),
+            caps: self.caps,
+        };
+        cur.packets = inj.packets.clone();
+        self.call(
+            HookName::ReadQueryResult,
+            Hook::Result(Box::new(inj)),
+            None,
+            out,
+        );
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
