@@ -182,6 +182,8 @@ macro_rules! config_keys {
             $($(#[doc = $doc])+ pub $field: CliOf<$kind, $ty>,)+
             /// Validate the configuration, print the effective settings and exit.
             pub check_config: bool,
+            /// How the process runs (MySQL Proxy's process options).
+            pub launch: Launch,
         }
 
         impl FromArgMatches for Cli {
@@ -190,6 +192,7 @@ macro_rules! config_keys {
                     config: matches.get_one::<PathBuf>(CONFIG_ARG).cloned(),
                     $($field: <RawOf<$kind, $ty>>::from_matches(matches, &keys::$field),)+
                     check_config: matches.get_flag(CHECK_CONFIG_ARG),
+                    launch: Launch::from_matches(matches)?,
                 })
             }
 
@@ -933,7 +936,14 @@ impl Kind<log::LevelFilter> for Level {
         Some("one of error, warn, info, debug, trace, off".to_owned())
     }
     fn check(raw: &String) -> Result<log::LevelFilter, String> {
-        raw.trim().parse().map_err(|_| {
+        // MySQL Proxy's names: critical, warning, message.
+        let name = match raw.trim() {
+            "critical" => "error",
+            "warning" => "warn",
+            "message" => "info",
+            other => other,
+        };
+        name.parse().map_err(|_| {
             format!("{raw:?} is not a log level (expected error, warn, info, debug, trace or off)")
         })
     }
@@ -1328,6 +1338,7 @@ impl CommandFactory for Cli {
                     .action(ArgAction::SetTrue)
                     .help("Validate the configuration, print the effective settings and exit"),
             )
+            .args(Launch::args())
     }
 
     fn command_for_update() -> Command {
@@ -1352,6 +1363,81 @@ fn args_for<K: Kind<T>, T>(key: &'static KeySpec, default: K::Default) -> Vec<Ar
         arg = arg.visible_alias(alias);
     }
     <K::Raw as Written>::args(arg, key, K::VALUE_NAME)
+}
+
+// ---- How the process runs --------------------------------------------------------------------
+
+/// The process options MySQL Proxy users' wrappers pass (not configuration keys: they say how
+/// the process runs, not what the proxy does).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Launch {
+    /// Write the process id here at start (removed at exit).
+    pub pid_file: Option<PathBuf>,
+    /// Detach from the terminal and run in the background.
+    pub daemon: bool,
+    /// Directory relative paths are resolved against (the process changes to it first).
+    pub basedir: Option<PathBuf>,
+    /// Log to this file (appended) instead of standard error.
+    pub log_file: Option<PathBuf>,
+    /// Run under a supervisor process that restarts the proxy when it dies abnormally.
+    pub keepalive: bool,
+}
+
+impl Launch {
+    fn args() -> Vec<Arg> {
+        let path = |name: &'static str, help: &'static str| {
+            Arg::new(name)
+                .long(name)
+                .value_name("PATH")
+                .value_parser(value_parser!(PathBuf))
+                .help(help)
+        };
+        let flag = |name: &'static str, help: &'static str| {
+            Arg::new(name)
+                .long(name)
+                .action(ArgAction::SetTrue)
+                .help(help)
+        };
+        vec![
+            path("pid-file", "Write the process id to this file (removed at exit)"),
+            flag("daemon", "Detach from the terminal and run in the background"),
+            path("basedir", "Resolve relative paths against this directory (changed to at start)"),
+            path("log-file", "Log to this file (appended) instead of standard error"),
+            flag("keepalive", "Restart the proxy when it dies abnormally (a supervisor process stays)"),
+            path("plugin-dir", "Accepted for MySQL Proxy's wrappers: the proxy plugin is built in"),
+            Arg::new("plugins")
+                .long("plugins")
+                .value_name("LIST")
+                .action(ArgAction::Append)
+                .help("Accepted for MySQL Proxy's wrappers when it names only `proxy` (built in); admin, debug and replicant are not available"),
+            flag("proxy-skip-profiling", "Accepted for MySQL Proxy's wrappers: ringproxy keeps no per-query profile to skip"),
+            flag("no-proxy", "MySQL Proxy's option to run without the proxy module: refused, ringproxy has no other module to run"),
+        ]
+    }
+
+    fn from_matches(m: &ArgMatches) -> Result<Launch, clap::Error> {
+        let refuse = |msg: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, msg);
+        if m.get_flag("no-proxy") {
+            return Err(refuse(
+                "--no-proxy: ringproxy has no module to run without the proxy (no admin, debug or replicant plugin)\n".into(),
+            ));
+        }
+        let plugins = m.get_many::<String>("plugins").into_iter().flatten();
+        for name in plugins.flat_map(|list| list.split(',')).map(str::trim) {
+            if !name.is_empty() && name != "proxy" {
+                return Err(refuse(format!(
+                    "--plugins: only the proxy plugin exists in ringproxy (built in); {name:?} is not available\n"
+                )));
+            }
+        }
+        Ok(Launch {
+            pid_file: m.get_one::<PathBuf>("pid-file").cloned(),
+            daemon: m.get_flag("daemon"),
+            basedir: m.get_one::<PathBuf>("basedir").cloned(),
+            log_file: m.get_one::<PathBuf>("log-file").cloned(),
+            keepalive: m.get_flag("keepalive"),
+        })
+    }
 }
 
 // ---- The file -------------------------------------------------------------------------------
@@ -3743,7 +3829,10 @@ mod tests {
         let err = FileConfig::parse("[proxy]\nusers = []\n", "f.toml").unwrap_err();
         assert_eq!(err.key(), Some("proxy.users"));
         let err = FileConfig::parse("[user]\n", "f.toml").unwrap_err();
-        assert!(err.to_string().contains("`monitor`, `script`, `users`"), "{err}");
+        assert!(
+            err.to_string().contains("`monitor`, `script`, `users`"),
+            "{err}"
+        );
     }
 
     #[test]

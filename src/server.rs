@@ -1,8 +1,8 @@
 //! Starts the proxy for a validated [`Config`]: probes the kernel, installs the SIGINT/SIGTERM
-//! handlers, starts the workers (through [`crate::runtime::spawn`]), publishes their counters to
+//! handlers (and SIGHUP's, which reloads the Lua script), starts the workers (through [`crate::runtime::spawn`]), publishes their counters to
 //! the stats file while they run, and logs the summed counters when they have drained and exited.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,10 @@ pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> io::Result<Vec<Arc<S
         shared.pooled = Some(Arc::new(PooledShared::new(config, users)));
     }
     let shared = Arc::new(shared);
+    let script = shared.script.clone();
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
+        .map_err(context("installing the SIGHUP handler"))?;
     let fixed_slots = crate::config::fixed_file_slots_per_worker();
     let spec = Spec {
         name: "rp-worker".into(),
@@ -96,6 +100,15 @@ pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> io::Result<Vec<Arc<S
     let started = Instant::now();
     let mut last_write: Option<Instant> = None;
     while !running.is_finished() {
+        if hangup.swap(false, Ordering::Relaxed) {
+            match &script {
+                Some(s) => {
+                    log::info!("SIGHUP: reloading {}", s.path.display());
+                    s.request_reload();
+                }
+                None => log::info!("SIGHUP: no script to reload"),
+            }
+        }
         if let Some(path) = &config.stats_file {
             if last_write.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_write = Some(Instant::now());

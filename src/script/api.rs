@@ -294,8 +294,10 @@ pub fn set_client(lua: &Lua, conn: &Table, response: &[u8]) -> LuaResult<()> {
     Ok(())
 }
 
-/// "10.11.19-MariaDB" → 101119, as MySQL Proxy's `mysqld_version`.
+/// "10.11.19-MariaDB" → 101119, as MySQL Proxy's `mysqld_version`; MariaDB's "5.5.5-" prefix
+/// (sent for old replication clients) is skipped.
 pub fn version_number(v: &[u8]) -> u32 {
+    let v = v.strip_prefix(b"5.5.5-").unwrap_or(v);
     let text = String::from_utf8_lossy(v);
     let mut parts = text
         .split(|c: char| !c.is_ascii_digit())
@@ -391,5 +393,6 @@ mod tests {
         assert_eq!(version_number(b"10.11.19-MariaDB-0+deb12u1"), 101119);
         assert_eq!(version_number(b"8.0.36"), 80036);
         assert_eq!(version_number(b"5.7.44-log"), 50744);
+        assert_eq!(version_number(b"5.5.5-10.11.19-MariaDB"), 101119);
     }
 }

@@ -34,6 +34,9 @@ use crate::session::client::{CLEAR_CAPS, CLEAR_MARIADB_EXT};
 /// EOF, as MySQL Proxy's do).
 const SCRIPT_CLEAR_CAPS: u32 =
     CLEAR_CAPS | CLIENT_COMPRESS | CLIENT_ZSTD_COMPRESSION_ALGORITHM | CLIENT_DEPRECATE_EOF;
+/// MariaDB extended capabilities cleared besides [`CLEAR_MARIADB_EXT`]: extended type info, whose
+/// extra column-definition field generated resultsets do not have.
+const SCRIPT_CLEAR_MARIADB_EXT: u32 = CLEAR_MARIADB_EXT | MARIADB_CLIENT_EXTENDED_TYPE_INFO;
 /// Largest result held whole for read_query_result.
 pub const RESULT_MAX: usize = 64 << 20;
 /// Error code of the proxy's own refusals in scripted sessions (ER_UNKNOWN_ERROR).
@@ -494,7 +497,9 @@ impl Session {
             out.push(Out::Client(bytes));
             return self.end(out, true);
         }
-        if let Err(e) = patch_server_greeting(&mut payload, SCRIPT_CLEAR_CAPS, CLEAR_MARIADB_EXT) {
+        if let Err(e) =
+            patch_server_greeting(&mut payload, SCRIPT_CLEAR_CAPS, SCRIPT_CLEAR_MARIADB_EXT)
+        {
             return self.fail(
                 out,
                 0,

@@ -99,7 +99,16 @@ impl Vm {
         };
         if let Err(e) = result {
             self.counts.errors += 1;
-            log::warn!("lua: {}: {}", name.lua_name(), first_line(&e));
+            let limit = match e {
+                mlua::Error::MemoryError(_) => {
+                    format!(" (lua_memory_limit = {} bytes)", self.shared.memory_limit)
+                }
+                _ => String::new(),
+            };
+            log::warn!("lua: {}: {}{limit}", name.lua_name(), first_line(&e));
+            // What a failed call left (a runaway's garbage above all) goes now, not at the next
+            // allocation that would hit the limit.
+            let _ = self.lua.gc_collect();
             d = Decision {
                 hooks: d.hooks,
                 ..Decision::none(call.conn)

@@ -51,19 +51,29 @@ fn probe_accepts(addr: SocketAddr) -> bool {
 impl Proxy {
     /// Starts `ringproxy` in front of 127.0.0.1:`backend_port`, waiting until it accepts TCP.
     pub fn start(backend_port: u16, extra_args: &[&str]) -> Proxy {
-        Proxy::launch("--listen", backend_port, extra_args)
+        Proxy::launch("--listen", backend_port, extra_args, &[])
+    }
+
+    /// [`Proxy::start`] with environment variables added to the proxy's.
+    pub fn start_with_env(backend_port: u16, extra_args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        Proxy::launch("--listen", backend_port, extra_args, env)
     }
 
     /// Starts `ringproxy` with a pooled listener (`--pooled-listen`) on a free port of
     /// 127.0.0.1 and no pass-through listener, in front of 127.0.0.1:`backend_port`, waiting
     /// until it accepts TCP; `port` is the pooled listener's.
     pub fn start_pooled(backend_port: u16, extra_args: &[&str]) -> Proxy {
-        Proxy::launch("--pooled-listen", backend_port, extra_args)
+        Proxy::launch("--pooled-listen", backend_port, extra_args, &[])
     }
 
     /// Starts `ringproxy` with its listener `listen_flag` (`--listen`, `--pooled-listen`) on a
     /// free port.
-    fn launch(listen_flag: &str, backend_port: u16, extra_args: &[&str]) -> Proxy {
+    fn launch(
+        listen_flag: &str,
+        backend_port: u16,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let log_dir = tempfile::Builder::new()
             .prefix("ringproxy-log-")
             .tempdir()
@@ -79,6 +89,7 @@ impl Proxy {
                 .arg(format!("127.0.0.1:{backend_port}"))
                 .args(["--workers", "2", "--log-level", "info"])
                 .args(extra_args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone log handle"))
                 .stderr(log)

@@ -2,7 +2,7 @@
 -- script makes, read_auth accepts every login, read_query answers every query with a resultset
 -- (or an OK for statements that return none). Useful for tests and for trying clients.
 --
---   ringproxy --proxy-lua-script scripts/mock-server.lua --backend 127.0.0.1:1   (never used)
+--   ringproxy --proxy-lua-script scripts/lua/mock-server.lua --backend 127.0.0.1:1   (never used)
 local proto = require("mysql.proto")
 
 function connect_server()
@@ -28,6 +28,15 @@ function read_query(packet)
     return proxy.PROXY_SEND_RESULT
   end
   local query = packet:sub(2)
+  local var = query:lower():match("^%s*select%s+@@([%w_.]+)%s*$")
+  if var then -- what drivers ask after their login
+    local values = { max_allowed_packet = "16777216", version_comment = "ringproxy Lua mock server" }
+    proxy.response = {
+      type = proxy.MYSQLD_PACKET_OK,
+      resultset = { fields = { { name = "@@" .. var } }, rows = { { values[var] or "" } } },
+    }
+    return proxy.PROXY_SEND_RESULT
+  end
   if query:lower():match("^%s*set ") then
     proxy.response = { type = proxy.MYSQLD_PACKET_OK }
     return proxy.PROXY_SEND_RESULT
