@@ -1,6 +1,7 @@
 //! Runs the real `ringproxy` binary with `--check-config` (and `--help`) on good and bad
 //! configurations: exit codes, the effective-configuration summary, and error messages that name
-//! the offending key.
+//! the offending key; and the process options of MySQL Proxy's wrappers run for real (--keepalive,
+//! --daemon, --pid-file, --basedir, --log-file).
 
 use std::io::Write;
 use std::process::{Command, Output};
@@ -648,4 +649,148 @@ fn help_lists_the_mysql_proxy_aliases() {
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
+}
+
+#[test]
+fn mysql_proxy_wrapper_options_are_accepted() {
+    let out = run(&[
+        "--proxy-address=127.0.0.1:4040",
+        "--proxy-backend-addresses=127.0.0.1:3306",
+        "--proxy-read-only-backend-addresses=127.0.0.1:3307",
+        "--proxy-read-only-backend-addresses=127.0.0.1:3308",
+        "--proxy-lua-script=/etc/mysql-proxy/rw.lua",
+        "--plugin-dir=/usr/lib/mysql-proxy/plugins",
+        "--plugins=proxy",
+        "--proxy-skip-profiling",
+        "--log-level=message",
+        "--check-config",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let summary = stdout(&out);
+    for line in [
+        "proxy.read_only_backends = [\"127.0.0.1:3307\", \"127.0.0.1:3308\"]\n",
+        "script.lua_script = \"/etc/mysql-proxy/rw.lua\"\n",
+        "script.lua_executor_thread = false\n",
+        "script.lua_max_instructions = 100000000\n",
+        "log.level = \"info\"\n",
+    ] {
+        assert!(summary.contains(line), "{line:?} missing:\n{summary}");
+    }
+}
+
+#[test]
+fn mysql_proxy_options_ringproxy_cannot_honour_are_refused() {
+    for (args, expect) in [
+        (&["--plugins=proxy,admin"][..], "\"admin\" is not available"),
+        (&["--plugins=debug"][..], "only the proxy plugin exists"),
+        (&["--no-proxy"][..], "--no-proxy: ringproxy has no module to run"),
+        (&["--proxy-pool-no-change-user"][..], "unexpected argument"),
+    ] {
+        let mut all = vec!["--backend=127.0.0.1:3306", "--check-config"];
+        all.extend_from_slice(args);
+        let out = run(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind")
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn accepts(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn read_pid(path: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The children of process `pid` (from /proc/*/stat).
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+        let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid this test started; at worst it is gone (ESRCH).
+    unsafe { libc::kill(pid, sig) };
+}
+
+#[test]
+fn keepalive_restarts_the_proxy_and_basedir_pid_file_log_file_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut supervisor = Command::new(BIN)
+        .args(["--basedir", dir.path().to_str().unwrap()])
+        .args(["--pid-file", "rp.pid", "--log-file", "rp.log", "--keepalive"])
+        .args([&format!("--listen=127.0.0.1:{port}"), "--backend=127.0.0.1:1"])
+        .args(["--workers", "1"])
+        .spawn()
+        .unwrap();
+    let (pid_file, log_file) = (dir.path().join("rp.pid"), dir.path().join("rp.log"));
+    wait_until("the pid file", || read_pid(&pid_file).is_some());
+    assert_eq!(read_pid(&pid_file), Some(supervisor.id() as i32));
+    wait_until("the proxy listening", || accepts(port));
+    let first = children(supervisor.id() as i32);
+    assert_eq!(first.len(), 1, "{first:?}");
+    signal(first[0], libc::SIGKILL);
+    wait_until("another proxy", || {
+        let now = children(supervisor.id() as i32);
+        now.len() == 1 && now[0] != first[0] && accepts(port)
+    });
+    signal(supervisor.id() as i32, libc::SIGTERM);
+    let status = supervisor.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!pid_file.exists(), "the pid file stays");
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(log.contains("--keepalive: the proxy died"), "{log}");
+    assert_eq!(log.matches("ringproxy listening on").count(), 2, "{log}");
+}
+
+#[test]
+fn daemon_detaches_and_writes_its_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let pid_file = dir.path().join("rp.pid");
+    let out = Command::new(BIN)
+        .args(["--daemon", "--pid-file", pid_file.to_str().unwrap()])
+        .args([&format!("--listen=127.0.0.1:{port}"), "--backend=127.0.0.1:1"])
+        .args(["--workers", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("the daemon's pid file", || read_pid(&pid_file).is_some());
+    let pid = read_pid(&pid_file).unwrap();
+    wait_until("the daemon listening", || accepts(port));
+    signal(pid, libc::SIGTERM);
+    wait_until("the daemon gone and its pid file removed", || {
+        !pid_file.exists() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
 }
