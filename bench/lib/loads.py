@@ -25,7 +25,8 @@ def loadgen(binary, workload, target, connections, duration, cpu_server=None, ex
     target's CPU over the measured phase; falls back to sampling /proc around the whole run."""
     argv = [binary, workload, "--target", target.addr, "--connections", connections,
             "--duration", f"{float(duration):g}", "--user", servers.USER,
-            "--password", servers.PASSWORD, "--db", servers.DB, "--json", *extra]
+            "--password", servers.PASSWORD, "--db", servers.DB, "--json", *extra,
+            *target.loadgen_extra]
     if threads:
         argv += ["--threads", threads]
     pid = cpu_server.cpu_pid() if cpu_server is not None else None

@@ -112,6 +112,8 @@ class Server:
     name = "?"
     child = None
     port = None
+    # loadgen options every load through this target needs.
+    loadgen_extra = ()
 
     @property
     def addr(self):
@@ -424,8 +426,13 @@ class MySQLProxy(Server):
     """MySQL Proxy 0.8 from $MYSQL_PROXY_BIN (not packaged in Debian), proxy plugin only."""
 
     name = "mysql-proxy"
+    # MySQL Proxy 0.8 relays the server's greeting as it is, CLIENT_DEPRECATE_EOF included, but
+    # cannot parse the OK-terminated resultsets a client that takes it up gets: it waits for an
+    # EOF that never comes, and the client for the end of its result (loadgen then counted 0
+    # queries). Clients of its era never asked for it; loadgen behaves as one of them here.
+    loadgen_extra = ("--no-deprecate-eof",)
 
-    def __init__(self, backend, threads=2):
+    def __init__(self, backend, threads=2, extra=()):
         binary = os.environ.get("MYSQL_PROXY_BIN")
         if not binary:
             raise Unavailable("MYSQL_PROXY_BIN not set")
@@ -433,13 +440,27 @@ class MySQLProxy(Server):
             raise Unavailable(f"MYSQL_PROXY_BIN={binary} is not an executable")
         self.workdir = Workdir("mysql-proxy")
         self.port = procfs.free_port()
-        argv = [binary, "--plugins=proxy", f"--proxy-address={self.addr}",
+        # The peers' wrapper (../shared/peers/mysql-proxy.sh) passes --plugins=proxy itself; a
+        # second one loads the plugin twice, and the second copy takes the default
+        # 0.0.0.0:4040 (or fails on it) instead of serving the address given here.
+        plugins = [] if _passes_plugins(binary) else ["--plugins=proxy"]
+        argv = [binary, *plugins, f"--proxy-address={self.addr}",
                 f"--proxy-backend-addresses={backend.addr}", f"--event-threads={threads}",
-                "--log-level=warning", f"--max-open-files={nofile_hard()}"]
+                "--log-level=warning", f"--max-open-files={nofile_hard()}", *extra]
         self.child = procs.Child("mysql-proxy", argv, self.workdir.path / "mysql-proxy.log")
         self._wait_listening(15)
         log(f"mysql-proxy on {self.addr} -> {backend.addr} (pid {self.child.pid}, "
             f"{threads} event threads)")
+
+
+def _passes_plugins(binary):
+    """Whether `binary` is a wrapper script that passes --plugins itself."""
+    try:
+        with open(binary, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"--plugins=" in head
 
 
 def settle(seconds=0.5):

@@ -104,6 +104,10 @@ pub struct LoadArgs {
     /// No progress lines.
     #[arg(long)]
     pub no_progress: bool,
+    /// Do not ask for CLIENT_DEPRECATE_EOF at login, as clients older than MySQL 5.7 (and proxies
+    /// that cannot parse OK-terminated resultsets, such as MySQL Proxy 0.8) expect.
+    #[arg(long)]
+    pub no_deprecate_eof: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +169,8 @@ pub struct Plan {
     pub pid: Option<u32>,
     pub json: bool,
     pub progress: bool,
+    /// Ask for CLIENT_DEPRECATE_EOF at login (when the server offers it).
+    pub deprecate_eof: bool,
 }
 
 impl Plan {
@@ -410,6 +416,7 @@ pub fn plan(workload: Workload, a: &LoadArgs, cores: usize, slots: u32) -> Resul
         pid: a.pid,
         json: a.json,
         progress,
+        deprecate_eof: !a.no_deprecate_eof,
     })
 }
 

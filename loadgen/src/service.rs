@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use ringproxy::protocol::constants::COM_STMT_EXECUTE;
+use ringproxy::protocol::constants::{CLIENT_DEPRECATE_EOF, COM_STMT_EXECUTE};
 use ringproxy::protocol::framing::write_packet;
 use ringproxy::runtime::{BufRef, Io, Service, SockId};
 use serde::Serialize;
@@ -700,7 +700,11 @@ impl Service for LoadService {
             Ok(()) => {
                 let c = &mut self.conns[ci];
                 c.state = State::Login;
-                c.login = Some(Box::new(Login::new()));
+                let login = match self.plan.deprecate_eof {
+                    true => Login::new(),
+                    false => Login::without(CLIENT_DEPRECATE_EOF),
+                };
+                c.login = Some(Box::new(login));
             }
             Err(e) => {
                 let msg = format!("connect to {}: {e}", self.plan.target);

@@ -110,6 +110,12 @@ impl Login {
         Login::with_capabilities(CLIENT_WANT, CHARSET)
     }
 
+    /// The default login without the capabilities in `clear` (e.g. CLIENT_DEPRECATE_EOF, to
+    /// behave as an older client).
+    pub fn without(clear: u32) -> Login {
+        Login::with_capabilities(CLIENT_WANT & !clear, CHARSET)
+    }
+
     /// A login asking for `want` (protocol 4.1, secure connection and plugin auth are always
     /// asked) with character set `charset`.
     pub fn with_capabilities(want: u32, charset: u8) -> Login {
