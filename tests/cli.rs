@@ -683,7 +683,10 @@ fn mysql_proxy_options_ringproxy_cannot_honour_are_refused() {
     for (args, expect) in [
         (&["--plugins=proxy,admin"][..], "\"admin\" is not available"),
         (&["--plugins=debug"][..], "only the proxy plugin exists"),
-        (&["--no-proxy"][..], "--no-proxy: ringproxy has no module to run"),
+        (
+            &["--no-proxy"][..],
+            "--no-proxy: ringproxy has no module to run",
+        ),
         (&["--proxy-pool-no-change-user"][..], "unexpected argument"),
     ] {
         let mut all = vec!["--backend=127.0.0.1:3306", "--check-config"];
@@ -749,8 +752,17 @@ fn keepalive_restarts_the_proxy_and_basedir_pid_file_log_file_work() {
     let port = free_port();
     let mut supervisor = Command::new(BIN)
         .args(["--basedir", dir.path().to_str().unwrap()])
-        .args(["--pid-file", "rp.pid", "--log-file", "rp.log", "--keepalive"])
-        .args([&format!("--listen=127.0.0.1:{port}"), "--backend=127.0.0.1:1"])
+        .args([
+            "--pid-file",
+            "rp.pid",
+            "--log-file",
+            "rp.log",
+            "--keepalive",
+        ])
+        .args([
+            &format!("--listen=127.0.0.1:{port}"),
+            "--backend=127.0.0.1:1",
+        ])
         .args(["--workers", "1"])
         .spawn()
         .unwrap();
@@ -781,7 +793,10 @@ fn daemon_detaches_and_writes_its_pid() {
     let pid_file = dir.path().join("rp.pid");
     let out = Command::new(BIN)
         .args(["--daemon", "--pid-file", pid_file.to_str().unwrap()])
-        .args([&format!("--listen=127.0.0.1:{port}"), "--backend=127.0.0.1:1"])
+        .args([
+            &format!("--listen=127.0.0.1:{port}"),
+            "--backend=127.0.0.1:1",
+        ])
         .args(["--workers", "1"])
         .output()
         .unwrap();

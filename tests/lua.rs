@@ -201,8 +201,12 @@ fn injected_queries_are_hidden_rewritten_or_replaced() {
 
 const HOOKS: &str = r#"
 function connect_server()
+  if not proxy.global.config.hooks_test then
+    proxy.global.config.hooks_test = { connects = 0 }
+  end
+  proxy.global.config.hooks_test.connects = proxy.global.config.hooks_test.connects + 1
   print("connect_server", proxy.connection.client.src.address, #proxy.global.backends,
-        proxy.global.backends[1].dst.name)
+        proxy.global.backends[1].dst.name, proxy.global.config.hooks_test.connects > 0)
 end
 function read_handshake()
   local s = proxy.connection.server
@@ -236,7 +240,7 @@ fn every_hook_runs_in_its_phase_and_sees_the_connection() {
     let log = wait_for_log(&proxy, "read_query\tSELECT CONNECTION_ID()");
     let backend = format!("127.0.0.1:{}", db.port);
     assert!(
-        log.contains(&format!("connect_server\t127.0.0.1\t1\t{backend}")),
+        log.contains(&format!("connect_server\t127.0.0.1\t1\t{backend}\ttrue")),
         "{}",
         tail(&log, 20)
     );

@@ -232,7 +232,7 @@ impl ScriptShared {
             max_instructions: config.lua_max_instructions,
             memory_limit: config.lua_memory_limit,
             backends,
-            store: store::Store::default(),
+            store: store::Store::with_config_table(),
             reloads: AtomicU64::new(0),
         }))
     }

@@ -30,6 +30,18 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store holding an empty `config` table, as MySQL Proxy's `proxy.global.config` (scripts
+    /// keep their settings there: `proxy.global.config.rwsplit = {...}`).
+    pub fn with_config_table() -> Store {
+        let store = Store::default();
+        store.set(
+            &[],
+            Key::Str(b"config".to_vec()),
+            Some(Value::Table(BTreeMap::new())),
+        );
+        store
+    }
+
     /// The value at `path` + `key` (a table comes back whole: the caller shows a view of it).
     pub fn get(&self, path: &[Key], key: &Key) -> Option<Value> {
         let root = self.root.lock().unwrap_or_else(|p| p.into_inner());
