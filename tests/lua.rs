@@ -729,3 +729,156 @@ fn bad_input_on_a_scripted_listener_ends_only_that_client() {
     drop((bystander, again));
     proxy.finish();
 }
+
+const POOLED_SCRIPT: &str = r#"
+function connect_server() print("connect_server must not run on pooled listeners") end
+function read_query(packet)
+  if packet:byte() ~= proxy.COM_QUERY then return end
+  local q = packet:sub(2)
+  print("pooled read_query", proxy.connection.client.username, proxy.connection.client.default_db, q)
+  if q == "SELECT 'who'" then
+    proxy.response = { type = proxy.MYSQLD_PACKET_OK, resultset = {
+      fields = { { name = "user" }, { name = "db" } },
+      rows = { { proxy.connection.client.username, proxy.connection.client.default_db } } } }
+    return proxy.PROXY_SEND_RESULT
+  end
+  if q == "SELECT 'two'" then
+    proxy.queries:append(1, string.char(proxy.COM_QUERY) .. "SELECT 2")
+    return proxy.PROXY_SEND_QUERY
+  end
+  if q:find("^DROP") then
+    proxy.response = { type = proxy.MYSQLD_PACKET_ERR, errmsg = "no drops", errcode = 1142 }
+    return proxy.PROXY_SEND_RESULT
+  end
+end
+function disconnect_client() print("pooled disconnect", proxy.connection.client.username) end
+"#;
+
+#[test]
+fn read_query_runs_on_pooled_listeners_and_state_stays_per_session() {
+    let db = MariaDb::shared();
+    let script = Script::new(POOLED_SCRIPT);
+    let config = script.dir.path().join("pooled.toml");
+    std::fs::write(
+        &config,
+        format!("[[users]]\nname = \"{NATIVE_USER}\"\npassword = \"{NATIVE_PASS}\"\n"),
+    )
+    .unwrap();
+    let proxy = Proxy::start_pooled(
+        db.port,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--proxy-lua-script",
+            script.arg(),
+            "--max-backend-connections",
+            "2",
+        ],
+    );
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let opts = db.opts(proxy.port, NATIVE_USER, NATIVE_PASS);
+            thread::spawn(move || {
+                let mut c = mysql::Conn::new(opts).unwrap();
+                c.query_drop(format!("SET @mine = {i}")).unwrap();
+                for _ in 0..20 {
+                    let who: Vec<(String, String)> = c.query("SELECT 'who'").unwrap();
+                    assert_eq!(who, vec![(NATIVE_USER.to_string(), DB.to_string())]);
+                    let two: Option<u8> = c.query_first("SELECT 'two'").unwrap();
+                    assert_eq!(two, Some(2));
+                    let mine: Option<i64> = c.query_first("SELECT @mine").unwrap();
+                    assert_eq!(mine, Some(i), "session state moved with the session");
+                    let err = server_error(c.query_drop("DROP TABLE nothing"));
+                    assert_eq!(err.code, 1142);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client thread");
+    }
+    let log = wait_for_log(&proxy, "pooled disconnect");
+    assert!(
+        !log.contains("connect_server must not run"),
+        "{}",
+        tail(&log, 20)
+    );
+    assert!(
+        log.contains(&format!(
+            "pooled read_query\t{NATIVE_USER}\t{DB}\tSELECT 'who'"
+        )),
+        "{}",
+        tail(&log, 20)
+    );
+    proxy.finish();
+}
+
+const AUTO_CONFIG: &str = r#"
+local commands = require("proxy.commands")
+require("proxy.auto-config")
+require("mysql.tokenizer")
+if not proxy.global.config.demo then proxy.global.config.demo = { limit = 10 } end
+function read_query(packet)
+  local r = proxy.global.config:handle(commands.parse(packet))
+  if r then return r end
+  if packet:sub(2) == "SELECT 'demo'" then
+    local all = {}
+    for k, v in pairs(proxy.global.config.demo) do all[#all + 1] = k .. "=" .. tostring(v) end
+    table.sort(all)
+    proxy.response.type = proxy.MYSQLD_PACKET_OK
+    proxy.response.resultset = {
+      fields = { { name = "limit" }, { name = "all" }, { name = "idle" }, { name = "normalized" } },
+      rows = { { proxy.global.config.demo.limit, table.concat(all, ","),
+                 proxy.global.backends[1].pool.users["anyone"].cur_idle_connections,
+                 tokenizer.normalize("select a from t where b = 'x'") } } }
+    return proxy.PROXY_SEND_RESULT
+  end
+end
+"#;
+
+#[test]
+fn auto_config_pairs_over_proxy_global_and_mysql_proxy_globals() {
+    let db = MariaDb::shared();
+    let script = Script::new(AUTO_CONFIG);
+    let proxy = start(db, script.arg(), &["--workers", "2"]);
+    let demo = |port| -> (String, String, String, String) {
+        let mut c = db.conn(port);
+        c.query_first("SELECT 'demo'").unwrap().unwrap()
+    };
+    let (limit, all, idle, normalized) = demo(proxy.port);
+    assert_eq!(
+        (limit.as_str(), all.as_str(), idle.as_str()),
+        ("10", "limit=10", "0")
+    );
+    assert_eq!(normalized, "SELECT `a` FROM `t` WHERE `b` = ? ");
+    let mut c = db.conn(proxy.port);
+    c.query_drop("PROXY SET GLOBAL demo.limit = 42").unwrap();
+    c.query_drop("PROXY SET GLOBAL demo.name = 'x y'").unwrap();
+    let shown: Vec<(String, String, String, String)> = c.query("PROXY SHOW CONFIG").unwrap();
+    assert_eq!(
+        shown,
+        vec![
+            ("demo".into(), "limit".into(), "number".into(), "42".into()),
+            ("demo".into(), "name".into(), "string".into(), "x y".into()),
+        ]
+    );
+    let saved = script.dir.path().join("saved.conf");
+    c.query_drop(format!("PROXY SAVE CONFIG INTO '{}'", saved.display()))
+        .unwrap();
+    c.query_drop("PROXY SET GLOBAL demo.limit = 7").unwrap();
+    c.query_drop(format!("PROXY LOAD CONFIG FROM '{}'", saved.display()))
+        .unwrap();
+    let err = server_error(c.query_drop("PROXY FROB"));
+    assert!(
+        err.message.starts_with("PROXY: expected"),
+        "{}",
+        err.message
+    );
+    // Every connection, whichever worker, sees the shared settings.
+    for _ in 0..6 {
+        let (limit, all, _, _) = demo(proxy.port);
+        assert_eq!((limit.as_str(), all.as_str()), ("42", "limit=42,name=x y"));
+    }
+    drop(c);
+    proxy.finish();
+}

@@ -294,6 +294,14 @@ pub fn set_client(lua: &Lua, conn: &Table, response: &[u8]) -> LuaResult<()> {
     Ok(())
 }
 
+/// Fills `proxy.connection.client` with who the proxy authenticated (pooled listeners).
+pub fn set_identity(lua: &Lua, conn: &Table, username: &[u8], default_db: &[u8]) -> LuaResult<()> {
+    let c: Table = conn.get("client")?;
+    c.set("username", lua.create_string(username)?)?;
+    c.set("default_db", lua.create_string(default_db)?)?;
+    Ok(())
+}
+
 /// "10.11.19-MariaDB" → 101119, as MySQL Proxy's `mysqld_version`; MariaDB's "5.5.5-" prefix
 /// (sent for old replication clients) is skipped.
 pub fn version_number(v: &[u8]) -> u32 {
@@ -371,6 +379,14 @@ pub fn to_stored(v: &Value, depth: usize) -> LuaResult<Option<Stored>> {
             )))
         }
     }))
+}
+
+/// A store key as a Lua value.
+pub fn key_value(lua: &Lua, k: &Key) -> LuaResult<Value> {
+    Ok(match k {
+        Key::Int(i) => Value::Integer(*i),
+        Key::Str(s) => Value::String(lua.create_string(s)?),
+    })
 }
 
 /// A stored scalar as a Lua value (tables are shown as views by the caller).

@@ -93,6 +93,11 @@ pub enum Update {
     },
     /// The client's handshake response (payload).
     Client { response: Vec<u8> },
+    /// Who the client is, when the proxy authenticated it itself (pooled listeners).
+    Identity {
+        username: Vec<u8>,
+        default_db: Vec<u8>,
+    },
 }
 
 /// What a hook is called with. Packets are payloads (no header).
@@ -119,6 +124,9 @@ pub enum Hook {
 pub struct ConnInfo {
     pub client: Option<SocketAddr>,
     pub proxy: Option<SocketAddr>,
+    /// A pooled listener's session: connect_server is not called (there is no backend
+    /// connection of its own to choose).
+    pub pooled: bool,
 }
 
 /// An injected query and its result, for read_query_result.

@@ -1,7 +1,8 @@
 //! The modules scripts `require`, preloaded in every VM: `mysql.proto` (MySQL packets to and from
 //! Lua tables) and `mysql.tokenizer` (SQL tokens, normalized text) in Rust over the protocol
 //! codec and the SQL lexer; `proxy.commands`, `proxy.tokenizer`, `proxy.balance` and
-//! `proxy.test` in Lua (src/script/lua/), written for ringproxy with MySQL Proxy's interfaces.
+//! `proxy.auto-config` in Lua (src/script/lua/), written for ringproxy with MySQL Proxy's
+//! interfaces.
 
 use mlua::{Lua, Table, Value};
 
@@ -21,15 +22,19 @@ const LUA_MODULES: &[(&str, &str)] = &[
     ("proxy.commands", include_str!("lua/commands.lua")),
     ("proxy.tokenizer", include_str!("lua/tokenizer.lua")),
     ("proxy.balance", include_str!("lua/balance.lua")),
+    ("proxy.auto-config", include_str!("lua/auto_config.lua")),
 ];
 
 /// Registers every module in `package.preload`.
 pub fn preload(lua: &Lua) -> LuaResult<()> {
     let preload: Table = lua.globals().get::<Table>("package")?.get("preload")?;
-    preload.set("mysql.proto", lua.create_function(|lua, ()| proto(lua))?)?;
+    preload.set(
+        "mysql.proto",
+        lua.create_function(|lua, ()| as_global(lua, "proto", proto(lua)?))?,
+    )?;
     preload.set(
         "mysql.tokenizer",
-        lua.create_function(|lua, ()| tokenizer(lua))?,
+        lua.create_function(|lua, ()| as_global(lua, "tokenizer", tokenizer(lua)?))?,
     )?;
     for (name, text) in LUA_MODULES {
         let chunk = lua
@@ -39,6 +44,25 @@ pub fn preload(lua: &Lua) -> LuaResult<()> {
         preload.set(*name, chunk)?;
     }
     Ok(())
+}
+
+/// A C module of MySQL Proxy registered itself as a global when required (`mysql.tokenizer`, and
+/// `tokenizer` too): scripts written for it use those globals.
+fn as_global(lua: &Lua, name: &str, module: Table) -> LuaResult<Table> {
+    let globals = lua.globals();
+    let mysql = match globals.get::<Option<Table>>("mysql")? {
+        Some(t) => t,
+        None => {
+            let t = lua.create_table()?;
+            globals.set("mysql", &t)?;
+            t
+        }
+    };
+    mysql.set(name, &module)?;
+    if globals.get::<Value>(name)?.is_nil() {
+        globals.set(name, &module)?;
+    }
+    Ok(module)
 }
 
 fn bytes_of(v: &mlua::LuaString) -> Vec<u8> {

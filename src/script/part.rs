@@ -1,7 +1,8 @@
 //! [`Scripted`]: the scripted sessions of one worker and their I/O. It accepts the clients of
 //! pass-through listeners when a script is configured, connects their backend connections,
-//! carries out what their machines ([`Session`]) ask, hands hook calls to the worker's
-//! [`Executor`] and, once per loop turn, gives each session its decision.
+//! carries out what their machines ([`Session`]) ask, and queues their hook calls; once per loop
+//! turn the worker's service hands the calls to its executor and each decision back to its
+//! session ([`Scripted::decided`]).
 //!
 //! Backpressure: a side whose peer has more than `send_high_water` bytes queued is not read until
 //! the queue drains. The handshake timeout applies until the session reaches its command phase.
@@ -10,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::executor::{Executor, Waker};
 use super::session::{Out, Phase, Session};
 use super::{Call, ConnInfo, Decision, Hook, ScriptShared, Update};
 use crate::error::{Error, Side};
@@ -34,21 +34,25 @@ pub struct Scripted {
     shared: Arc<Shared>,
     script: Arc<ScriptShared>,
     sessions: Slab<Entry>,
-    executor: Executor,
-    decisions: Vec<Decision>,
+    /// Hook calls queued this turn.
+    calls: Vec<Call>,
     draining: bool,
 }
 
 impl Scripted {
-    pub fn new(shared: Arc<Shared>, script: Arc<ScriptShared>, wake: Option<Waker>) -> Scripted {
+    pub fn new(shared: Arc<Shared>, script: Arc<ScriptShared>) -> Scripted {
         Scripted {
-            executor: Executor::new(Arc::clone(&script), wake),
             shared,
             script,
             sessions: Slab::new(),
-            decisions: Vec::new(),
+            calls: Vec::new(),
             draining: false,
         }
+    }
+
+    /// Moves the hook calls queued since the last turn to `out`.
+    pub fn take_calls(&mut self, out: &mut Vec<Call>) {
+        out.append(&mut self.calls);
     }
 
     /// Sessions open (client sockets not released yet).
@@ -81,12 +85,13 @@ impl Scripted {
         let info = ConnInfo {
             client: peer,
             proxy: None,
+            pooled: false,
         };
         self.submit(id, Hook::Open(Box::new(info)), Vec::new());
     }
 
     fn submit(&mut self, id: ScriptId, hook: Hook, updates: Vec<Update>) {
-        self.executor.submit(Call {
+        self.calls.push(Call {
             conn: Owner::Script(id).token(),
             hook,
             updates,
@@ -261,30 +266,14 @@ impl Scripted {
         }
     }
 
-    /// Once per loop turn: runs or collects the hook calls, applies their decisions.
-    pub fn turn(&mut self, io: &mut Io) {
-        for _ in 0..64 {
-            let mut decisions = std::mem::take(&mut self.decisions);
-            self.executor.turn(&mut decisions);
-            if decisions.is_empty() {
-                self.decisions = decisions;
-                break;
-            }
-            let now = io.now();
-            for d in decisions.drain(..) {
-                let Some(Owner::Script(id)) = Owner::of(d.conn) else {
-                    continue;
-                };
-                self.step(io, id, |s, out| s.decided(d, now, out));
-            }
-            self.decisions = decisions;
-            if self.executor.backlog() == 0 {
-                break;
-            }
-        }
-        let counts = self.executor.counts();
-        io.stats.lua_calls = counts.calls;
-        io.stats.lua_errors = counts.errors;
+    /// The decision of a session's hook call.
+    pub fn decided(&mut self, io: &mut Io, id: ScriptId, d: Decision) {
+        let now = io.now();
+        self.step(io, id, |s, out| s.decided(d, now, out));
+    }
+
+    /// After the turn's decisions: a draining worker ends the sessions that became idle.
+    pub fn after_turn(&mut self, io: &mut Io) {
         if self.draining {
             self.end_idle(io);
         }

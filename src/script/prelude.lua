@@ -47,7 +47,7 @@ function rp.call(state, name, arg)
   local f = state.env[name]
   proxy.connection = state.connection
   proxy.queries = state.queries
-  proxy.response = nil
+  proxy.response = {} -- scripts set fields of it directly (proxy.response.type = ...)
   local ret = f(arg)
   return ret, proxy.response
 end
@@ -63,10 +63,15 @@ end
 
 -- proxy.global: tables a script keeps there are shared by every worker's VM; reads and writes go
 -- through the synchronized store (values copied in and out), nested tables by their path.
+-- `pairs()` walks them (through __pairs, which the `pairs` below honours); `#` does not.
 local function global_view(path)
   return setmetatable({}, {
     __index = function(_, key)
       if #path == 0 and key == "backends" then return rp.backends() end
+      if #path == 1 and path[1] == "config" and key == "handle" then
+        -- proxy.global.config:handle(cmd), as proxy.auto-config installs it
+        return function(_, cmd) return require("proxy.auto-config").handle(cmd) end
+      end
       local value, is_table = rp.store_get(path, key)
       if is_table then
         local sub = { unpack(path) }
@@ -76,8 +81,32 @@ local function global_view(path)
       return value
     end,
     __newindex = function(_, key, value) rp.store_set(path, key, value) end,
+    __pairs = function(view)
+      local keys, i = rp.store_keys(path), 0
+      return function()
+        i = i + 1
+        local k = keys[i]
+        if k ~= nil then return k, view[k] end
+      end, view, nil
+    end,
   })
 end
 rp.global_view = global_view
+
+-- Lua 5.1's pairs() ignores __pairs: this one honours it (proxy.global's views use it).
+local raw_pairs = pairs
+function pairs(t)
+  local mt = getmetatable(t)
+  if type(mt) == "table" and mt.__pairs then return mt.__pairs(t) end
+  return raw_pairs(t)
+end
+
+-- proxy.global.backends[i].pool.users[name]: idle connections kept for a user (ringproxy keeps
+-- none for pass-through sessions: every user reads as 0).
+function rp.pool_users()
+  return setmetatable({}, { __index = function()
+    return { cur_idle_connections = 0, min_idle_connections = 0, max_idle_connections = 0 }
+  end })
+end
 
 return rp

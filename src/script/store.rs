@@ -52,6 +52,12 @@ impl Store {
         })
     }
 
+    /// The keys of the table at `path` (empty when `path` names none), in the store's order.
+    pub fn keys(&self, path: &[Key]) -> Vec<Key> {
+        let root = self.root.lock().unwrap_or_else(|p| p.into_inner());
+        walk(&root, path).map_or_else(Vec::new, |t| t.keys().cloned().collect())
+    }
+
     /// Sets (or, with `None`, removes) the value at `path` + `key`; false when `path` does not
     /// name a table.
     pub fn set(&self, path: &[Key], key: Key, value: Option<Value>) -> bool {

@@ -93,7 +93,7 @@ impl Vm {
             log::warn!("lua: proxy.connection: {}", first_line(&e));
         }
         let result = match call.hook {
-            Hook::Open(info) => self.open(call.conn, &info, &mut d),
+            Hook::Open(info) => self.open(call.conn, &info, &call.updates, &mut d),
             Hook::Close => self.close(call.conn),
             other => self.hook(call.conn, other, &mut d),
         };
@@ -122,7 +122,13 @@ impl Vm {
         self.conns.len()
     }
 
-    fn open(&mut self, conn: u64, info: &ConnInfo, d: &mut Decision) -> mlua::Result<()> {
+    fn open(
+        &mut self,
+        conn: u64,
+        info: &ConnInfo,
+        updates: &[Update],
+        d: &mut Decision,
+    ) -> mlua::Result<()> {
         let Some(chunk) = self.chunk.clone() else {
             return Ok(());
         };
@@ -133,7 +139,8 @@ impl Vm {
         let hooks: Function = self.rp.get("hooks")?;
         d.hooks = Hooks(hooks.call::<u8>(&state)?);
         self.conns.insert(conn, state);
-        if d.hooks.has(HookName::ConnectServer) {
+        self.apply(conn, updates)?;
+        if d.hooks.has(HookName::ConnectServer) && !info.pooled {
             self.call(conn, HookName::ConnectServer, Value::Nil, d)?;
             let connection: Table = self.conns[&conn].get("connection")?;
             d.backend_ndx = match connection.get::<Value>("backend_ndx")? {
@@ -174,6 +181,10 @@ impl Vm {
                     addr,
                 } => api::set_server(&self.lua, &connection, greeting, *ndx, *addr)?,
                 Update::Client { response } => api::set_client(&self.lua, &connection, response)?,
+                Update::Identity {
+                    username,
+                    default_db,
+                } => api::set_identity(&self.lua, &connection, username, default_db)?,
             }
         }
         Ok(())
@@ -300,10 +311,23 @@ impl Vm {
                 Ok(())
             })?,
         )?;
+        let store = Arc::clone(&self.shared);
+        self.rp.set(
+            "store_keys",
+            lua.create_function(move |lua, path: Table| {
+                let keys = store.store.keys(&store_path(&path)?);
+                let list = lua.create_table_with_capacity(keys.len(), 0)?;
+                for (i, k) in keys.iter().enumerate() {
+                    list.set(i + 1, api::key_value(lua, k)?)?;
+                }
+                Ok(list)
+            })?,
+        )?;
         let shared = Arc::clone(&self.shared);
+        let pool_users: Function = self.rp.get("pool_users")?;
         self.rp.set(
             "backends",
-            lua.create_function(move |lua, ()| backends(lua, &shared))?,
+            lua.create_function(move |lua, ()| backends(lua, &shared, &pool_users))?,
         )?;
         let view: Function = self.rp.get("global_view")?;
         proxy.set("global", view.call::<Table>(lua.create_table()?)?)?;
@@ -388,7 +412,7 @@ fn store_path(path: &Table) -> mlua::Result<Vec<super::store::Key>> {
 }
 
 /// `proxy.global.backends`: a fresh snapshot per read.
-fn backends(lua: &Lua, shared: &ScriptShared) -> mlua::Result<Table> {
+fn backends(lua: &Lua, shared: &ScriptShared, pool_users: &Function) -> mlua::Result<Table> {
     let list = lua.create_table()?;
     for (i, b) in shared.backends.iter().enumerate() {
         let t = lua.create_table()?;
@@ -404,7 +428,7 @@ fn backends(lua: &Lua, shared: &ScriptShared) -> mlua::Result<Table> {
             b.connected_clients.load(Ordering::Relaxed),
         )?;
         let pool = lua.create_table()?;
-        pool.set("users", lua.create_table()?)?;
+        pool.set("users", pool_users.call::<Table>(())?)?;
         pool.set("min_idle_connections", 0)?;
         pool.set("max_idle_connections", 0)?;
         t.set("pool", pool)?;

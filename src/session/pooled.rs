@@ -11,6 +11,8 @@
 //! first ([`SessionState::replay_from`]). A session keeps its connection while something that
 //! cannot be replayed holds (see [`Pins`] and [`Held`]); nothing is refused for it.
 
+mod script;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -37,6 +39,8 @@ use crate::protocol::framing::write_packet;
 use crate::protocol::packets::{write_err_packet, write_ok_packet};
 use crate::protocol::sql;
 use crate::runtime::{BufRef, Io, Slab, SockId};
+use crate::script::Call;
+use script::{Next, SessionScript};
 
 /// Commands a session may have waiting behind the one running before its reading is paused.
 const MAX_QUEUED: usize = 64;
@@ -314,6 +318,8 @@ struct Session {
     reloaded: bool,
     /// The state right after the login (what COM_RESET_CONNECTION goes back to).
     baseline: SessionState,
+    /// The Lua script's view of the session (with a script).
+    script: Option<Box<SessionScript>>,
 }
 
 /// A client handed to pass-through: its account uses an auth plugin the proxy cannot log in
@@ -339,12 +345,17 @@ pub struct Pooled {
     warnings: RateLimit,
     draining: bool,
     handoffs: Vec<Handoff>,
+    /// Lua hook calls queued this turn (see [`script`]).
+    calls: Vec<Call>,
+    /// A script runs on pooled listeners too.
+    scripting: bool,
     /// This worker is counted in [`PooledShared::hungry`].
     hungry: bool,
 }
 
 impl Pooled {
     pub fn new(shared: Arc<Shared>, ps: Arc<PooledShared>) -> Pooled {
+        let shared_script = shared.script.is_some();
         let server_version = ps
             .users
             .server_version()
@@ -363,6 +374,8 @@ impl Pooled {
             draining: false,
             handoffs: Vec::new(),
             hungry: false,
+            calls: Vec::new(),
+            scripting: shared_script,
         }
     }
 
@@ -432,6 +445,7 @@ impl Pooled {
             lookup: None,
             reloaded: false,
             baseline: SessionState::default(),
+            script: None,
         }));
         io.set_owner(sock, Owner::Pooled(sid).token());
         io.stats.active += 1;
@@ -694,6 +708,9 @@ impl Pooled {
             true => io.send_owned(s.sock, ok),
             false => self.send_client(io, sid, ok, None),
         }
+        if first {
+            self.script_open(sid);
+        }
         self.arm_idle_timer(io, sid);
     }
 
@@ -744,11 +761,15 @@ impl Pooled {
                 let e = Error::connection_killed();
                 return self.end_session(io, sid, Some(e));
             }
-            let Some((seq, payload)) = s.queue.pop_front() else {
-                if io.is_paused(s.sock) {
-                    io.resume_read(s.sock);
+            let (seq, payload) = match s.next_command(sid, &mut self.calls) {
+                Next::Run(seq, payload) => (seq, payload),
+                Next::Wait => return,
+                Next::Idle => {
+                    if io.is_paused(s.sock) {
+                        io.resume_read(s.sock);
+                    }
+                    return;
                 }
-                return;
             };
             s.comp_seq = s.client.response_comp_seq();
             if self.answer_locally(io, sid, seq, &payload) {
@@ -1838,12 +1859,16 @@ impl Pooled {
     }
 
     fn close_session(&mut self, io: &mut Io, sid: PooledId, flush: bool) {
+        if self.sessions.get(sid.0).is_some_and(|s| !s.closed) {
+            self.script_close(sid);
+        }
         let Some(s) = self.sessions.get_mut(sid.0).filter(|s| !s.closed) else {
             return;
         };
         s.closed = true;
         s.client.end();
         self.ps.unregister(s.id);
+
         for (_, st) in s.stmts.drain() {
             self.stmts.release(st.key);
         }

@@ -25,8 +25,9 @@ use super::{BackendId, ClientId, Owner, RateLimit, Shared};
 use crate::error::{Error, Side};
 use crate::runtime::inbox::Inbox;
 use crate::runtime::{BufRef, Io, Service, Slab, SockId};
-use crate::script::executor::Waker;
+use crate::script::executor::{Executor, Waker};
 use crate::script::part::Scripted;
+use crate::script::{Call, Decision};
 
 /// How long to wait before prewarming again after a prewarm connect failed.
 const PREWARM_BACKOFF: Duration = Duration::from_secs(1);
@@ -68,10 +69,15 @@ pub struct Proxy {
     protocol_warnings: RateLimit,
     /// The pooled sessions and connections (with pooled listeners).
     pooled: Option<Pooled>,
-    /// The scripted sessions (with a script; made in `on_start`, on the worker's thread).
+    /// The scripted sessions (with a script).
     scripted: Option<Scripted>,
+    /// Where hook calls run (with a script; made in `on_start`, on the worker's thread).
+    executor: Option<Executor>,
     /// Wakes the worker from its Lua executor thread.
     waker: Option<Waker>,
+    /// Spare vectors for a turn's calls and decisions.
+    calls: Vec<Call>,
+    decisions: Vec<Decision>,
 }
 
 impl Proxy {
@@ -91,7 +97,10 @@ impl Proxy {
             connect_warnings: RateLimit::new(Duration::from_secs(5)),
             protocol_warnings: RateLimit::new(Duration::from_secs(5)),
             scripted: None,
+            executor: None,
             waker: None,
+            calls: Vec::new(),
+            decisions: Vec::new(),
         }
     }
 
@@ -868,7 +877,8 @@ impl Service for Proxy {
     fn on_start(&mut self, io: &mut Io) {
         if let Some(script) = self.shared.script.clone() {
             let shared = Arc::clone(&self.shared);
-            self.scripted = Some(Scripted::new(shared, script, self.waker.take()));
+            self.scripted = Some(Scripted::new(shared, Arc::clone(&script)));
+            self.executor = Some(Executor::new(script, self.waker.take()));
         }
         self.prewarm(io);
     }
@@ -1071,9 +1081,7 @@ impl Service for Proxy {
     }
 
     fn on_turn(&mut self, io: &mut Io) {
-        if let Some(s) = self.scripted.as_mut() {
-            s.turn(io);
-        }
+        self.run_scripts(io);
     }
 
     fn on_tick(&mut self, io: &mut Io, _now: Instant) {
@@ -1143,6 +1151,46 @@ impl Service for Proxy {
 }
 
 impl Proxy {
+    /// Once per loop turn: the hook calls sessions queued go to the executor, and the decisions
+    /// that are ready go back to their sessions (which may queue more: a few rounds at most).
+    fn run_scripts(&mut self, io: &mut Io) {
+        let Some(executor) = self.executor.as_mut() else {
+            return;
+        };
+        for _ in 0..16 {
+            if let Some(s) = self.scripted.as_mut() {
+                s.take_calls(&mut self.calls);
+            }
+            if let Some(p) = self.pooled.as_mut() {
+                p.take_calls(&mut self.calls);
+            }
+            for call in self.calls.drain(..) {
+                executor.submit(call);
+            }
+            executor.turn(&mut self.decisions);
+            if self.decisions.is_empty() {
+                break;
+            }
+            for d in self.decisions.drain(..) {
+                match (
+                    Owner::of(d.conn),
+                    self.scripted.as_mut(),
+                    self.pooled.as_mut(),
+                ) {
+                    (Some(Owner::Script(id)), Some(s), _) => s.decided(io, id, d),
+                    (Some(Owner::Pooled(sid)), _, Some(p)) => p.script_decided(io, sid, d),
+                    _ => {}
+                }
+            }
+        }
+        let counts = executor.counts();
+        io.stats.lua_calls = counts.calls;
+        io.stats.lua_errors = counts.errors;
+        if let Some(s) = self.scripted.as_mut() {
+            s.after_turn(io);
+        }
+    }
+
     /// The backend connection went away.
     fn backend_gone(&mut self, io: &mut Io, bid: BackendId, error: Option<io::Error>) {
         let Some(b) = self.backends.get(bid.0) else {
