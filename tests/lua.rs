@@ -882,3 +882,79 @@ fn auto_config_pairs_over_proxy_global_and_mysql_proxy_globals() {
     drop(c);
     proxy.finish();
 }
+
+#[test]
+fn rw_split_routes_reads_to_the_replica_outside_transactions() {
+    let primary = MariaDb::shared();
+    let replica = MariaDb::start_with(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pooled.toml");
+    std::fs::write(
+        &config,
+        format!("[[users]]\nname = \"{NATIVE_USER}\"\npassword = \"{NATIVE_PASS}\"\n"),
+    )
+    .unwrap();
+    let ro = format!("127.0.0.1:{}", replica.port);
+    let proxy = Proxy::start_pooled(
+        primary.port,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--read-only-backends",
+            &ro,
+            "--proxy-lua-script",
+            &shipped("rw-split.lua"),
+        ],
+    );
+    let mut c = primary.conn(proxy.port);
+    let port =
+        |c: &mut mysql::Conn, sql: &str| -> u16 { c.query_first::<u16, _>(sql).unwrap().unwrap() };
+    c.query_drop("CREATE TABLE IF NOT EXISTS rp_split (id INT PRIMARY KEY, port INT)")
+        .unwrap();
+    // Statements that read session values (here @@port) stay on the primary.
+    assert_eq!(port(&mut c, "SELECT @@port"), primary.port);
+    // Reads outside a transaction: the replica.
+    let replica_port: u16 = c
+        .query_first("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = 'PORT'")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        replica_port, replica.port,
+        "a plain SELECT ran on the replica"
+    );
+    // Writes and locking reads: the primary.
+    c.query_drop(format!(
+        "REPLACE INTO rp_split VALUES (1, {})",
+        primary.port
+    ))
+    .unwrap();
+    let in_primary: Option<u16> = c
+        .query_first("SELECT port FROM rp_split WHERE id = 1 FOR UPDATE")
+        .unwrap();
+    assert_eq!(in_primary, Some(primary.port));
+    // A transaction, reads included: the primary until COMMIT.
+    c.query_drop("BEGIN").unwrap();
+    let p: u16 = c
+        .query_first("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = 'PORT'")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p, primary.port,
+        "a read inside a transaction ran on the primary"
+    );
+    c.query_drop("COMMIT").unwrap();
+    let p: u16 = c
+        .query_first("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = 'PORT'")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p, replica.port,
+        "after COMMIT reads go to the replica again"
+    );
+    // Session state follows the session to either server.
+    c.query_drop("SET @who = 'me'").unwrap();
+    let who: Option<String> = c.query_first("SELECT @who").unwrap();
+    assert_eq!(who.as_deref(), Some("me"));
+    drop(c);
+    proxy.finish();
+}

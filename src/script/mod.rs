@@ -172,7 +172,9 @@ pub struct Decision {
     pub response: Option<Vec<Vec<u8>>>,
     /// `proxy.queries` after the call (the queue is emptied).
     pub queries: Vec<Injection>,
-    /// `proxy.connection.backend_ndx` after connect_server (0-based), when the script set one.
+    /// `proxy.connection.backend_ndx` after connect_server and read_query (0-based), when the
+    /// script set one: the backend of a pass-through session (connect_server), of a pooled
+    /// session's commands (read_query).
     pub backend_ndx: Option<usize>,
     /// The hooks the connection's script defines (after [`Hook::Open`]).
     pub hooks: Hooks,

@@ -142,14 +142,19 @@ impl Vm {
         self.apply(conn, updates)?;
         if d.hooks.has(HookName::ConnectServer) && !info.pooled {
             self.call(conn, HookName::ConnectServer, Value::Nil, d)?;
-            let connection: Table = self.conns[&conn].get("connection")?;
-            d.backend_ndx = match connection.get::<Value>("backend_ndx")? {
-                Value::Integer(n) if n > 0 => Some(n as usize - 1),
-                Value::Number(n) if n >= 1.0 => Some(n as usize - 1),
-                _ => None,
-            };
+            d.backend_ndx = self.backend_ndx(conn)?;
         }
         Ok(())
+    }
+
+    /// `proxy.connection.backend_ndx` of `conn`, 0-based (None when the script chose none).
+    fn backend_ndx(&self, conn: u64) -> mlua::Result<Option<usize>> {
+        let connection: Table = self.conns[&conn].get("connection")?;
+        Ok(match connection.get::<Value>("backend_ndx")? {
+            Value::Integer(n) if n > 0 => Some(n as usize - 1),
+            Value::Number(n) if n >= 1.0 => Some(n as usize - 1),
+            _ => None,
+        })
     }
 
     fn close(&mut self, conn: u64) -> mlua::Result<()> {
@@ -210,7 +215,11 @@ impl Vm {
             Hook::Result(inj) => (HookName::ReadQueryResult, Value::Table(self.inj(&inj)?)),
             Hook::Open(_) | Hook::Close => unreachable!("handled by run"),
         };
-        self.call(conn, name, arg, d)
+        self.call(conn, name, arg, d)?;
+        if name == HookName::ReadQuery {
+            d.backend_ndx = self.backend_ndx(conn)?;
+        }
+        Ok(())
     }
 
     fn inj(&self, inj: &Injected) -> mlua::Result<Table> {

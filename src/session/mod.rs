@@ -118,7 +118,11 @@ impl Owner {
 /// What all workers share: the backends, the limits, and the counts limits are checked against.
 #[derive(Debug)]
 pub struct Shared {
+    /// Every backend server: the read-write ones (`backends`), then the read-only ones
+    /// (`read_only_backends`, which only a script's routing uses).
     pub backends: Vec<SocketAddr>,
+    /// How many of `backends` are read-write (round-robin picks among those).
+    pub rw_backends: usize,
     /// Local address backend connections are made from.
     pub backend_source: Option<IpAddr>,
     pub max_connections: usize,
@@ -145,8 +149,11 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: &crate::config::Config) -> Shared {
         let ms = Duration::from_millis;
+        let mut backends = config.backends.clone();
+        backends.extend_from_slice(&config.read_only_backends);
         Shared {
-            backends: config.backends.clone(),
+            backends,
+            rw_backends: config.backends.len(),
             backend_source: config.backend_source,
             max_connections: config.max_connections,
             max_per_source: config.max_connections_per_source,
@@ -175,10 +182,10 @@ impl Shared {
         self.backends[self.pick_index()]
     }
 
-    /// The index of the next backend, round-robin.
+    /// The index of the next read-write backend, round-robin.
     pub fn pick_index(&self) -> usize {
         let i = self.next_backend.fetch_add(1, Ordering::Relaxed);
-        i % self.backends.len()
+        i % self.rw_backends
     }
 
     /// Where backend connections are made from.

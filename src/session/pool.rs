@@ -51,14 +51,20 @@ impl<S: PartialEq + Copy> Pool<S> {
         }
     }
 
-    /// An idle connection for `key`: the most recently used one `prefer` accepts (one already
-    /// in the session's state), else the most recently used.
-    pub fn take(&mut self, key: &PoolKey, prefer: impl Fn(BackendId) -> bool) -> Option<BackendId> {
+    /// An idle connection for `key` that `fits` (the backend a session's script routes it to):
+    /// the most recently used one `prefer` accepts (one already in the session's state), else
+    /// the most recently used.
+    pub fn take(
+        &mut self,
+        key: &PoolKey,
+        fits: impl Fn(BackendId) -> bool,
+        prefer: impl Fn(BackendId) -> bool,
+    ) -> Option<BackendId> {
         let list = self.idle.get_mut(key)?;
         let pos = list
             .iter()
-            .rposition(|b| prefer(*b))
-            .or_else(|| list.len().checked_sub(1))?;
+            .rposition(|b| fits(*b) && prefer(*b))
+            .or_else(|| list.iter().rposition(|b| fits(*b)))?;
         self.idle_count -= 1;
         Some(list.remove(pos))
     }
@@ -98,11 +104,14 @@ impl<S: PartialEq + Copy> Pool<S> {
         self.idle_count
     }
 
-    /// An idle connection of another key, the oldest, to be re-logged in for a waiter.
-    pub fn take_any(&mut self) -> Option<(PoolKey, BackendId)> {
-        let key = self.idle.iter().find(|(_, l)| !l.is_empty())?.0.clone();
-        let list = self.idle.get_mut(&key)?;
-        let id = list.remove(0);
+    /// An idle connection of any key that `fits`, the oldest of its key, to be re-logged in
+    /// for a waiter or closed.
+    pub fn take_any(&mut self, fits: impl Fn(BackendId) -> bool) -> Option<(PoolKey, BackendId)> {
+        let (key, pos) = self
+            .idle
+            .iter()
+            .find_map(|(k, l)| l.iter().position(|b| fits(*b)).map(|p| (k.clone(), p)))?;
+        let id = self.idle.get_mut(&key)?.remove(pos);
         self.idle_count -= 1;
         Some((key, id))
     }
@@ -112,9 +121,13 @@ impl<S: PartialEq + Copy> Pool<S> {
         self.waiting.push_back(w);
     }
 
-    /// The first session waiting for `key`.
-    pub fn next_waiter(&mut self, key: &PoolKey) -> Option<Waiter<S>> {
-        let pos = self.waiting.iter().position(|w| &w.key == key)?;
+    /// The first session waiting for `key` that `fits` takes.
+    pub fn next_waiter(
+        &mut self,
+        key: &PoolKey,
+        fits: impl Fn(&Waiter<S>) -> bool,
+    ) -> Option<Waiter<S>> {
+        let pos = self.waiting.iter().position(|w| &w.key == key && fits(w))?;
         self.waiting.remove(pos)
     }
 
@@ -207,10 +220,14 @@ mod tests {
         p.put(key("a"), b(1));
         p.put(key("a"), b(2));
         p.put(key("a"), b(3));
-        assert_eq!(p.take(&key("a"), |x| x == b(1)), Some(b(1)));
-        assert_eq!(p.take(&key("a"), |_| false), Some(b(3)));
-        assert_eq!(p.take(&key("b"), |_| true), None);
+        let any = |_: BackendId| true;
+        assert_eq!(p.take(&key("a"), any, |x| x == b(1)), Some(b(1)));
+        assert_eq!(p.take(&key("a"), any, |_| false), Some(b(3)));
+        assert_eq!(p.take(&key("b"), any, |_| true), None);
         assert_eq!(p.idle_len(), 1);
+        // A connection that does not fit (another backend than the session is routed to) stays.
+        assert_eq!(p.take(&key("a"), |x| x != b(2), |_| true), None);
+        assert_eq!(p.take_any(|x| x != b(2)), None);
         assert!(p.remove(&key("a"), b(2)));
         assert!(!p.remove(&key("a"), b(2)));
         assert_eq!(p.idle_len(), 0);
@@ -227,9 +244,16 @@ mod tests {
                 since: t,
             });
         }
-        assert_eq!(p.next_waiter(&key("a")).map(|w| w.session), Some(1));
-        p.cancel_wait(3);
-        assert_eq!(p.next_waiter(&key("a")), None);
+        assert_eq!(
+            p.next_waiter(&key("a"), |w| w.session != 1)
+                .map(|w| w.session),
+            Some(3)
+        );
+        assert_eq!(
+            p.next_waiter(&key("a"), |_| true).map(|w| w.session),
+            Some(1)
+        );
+        assert_eq!(p.next_waiter(&key("a"), |_| true), None);
         assert_eq!(p.first_waiter().map(|w| w.session), Some(2));
     }
 

@@ -104,7 +104,10 @@ impl PooledShared {
         let opt = |v: u64| (v > 0).then(|| ms(v));
         PooledShared {
             users,
-            limits: Limits::new(config.backends.len(), config.max_backend_connections),
+            limits: Limits::new(
+                config.backends.len() + config.read_only_backends.len(),
+                config.max_backend_connections,
+            ),
             idle_timeout: opt(config.pool_idle_timeout_ms),
             min_idle: config.pool_min_idle,
             max_age: opt(config.pool_max_age_ms),
@@ -320,6 +323,9 @@ struct Session {
     baseline: SessionState,
     /// The Lua script's view of the session (with a script).
     script: Option<Box<SessionScript>>,
+    /// The backend (index into `Shared::backends`) the script routes the session's commands to
+    /// (`proxy.connection.backend_ndx`); a connection the session holds keeps serving it.
+    route: Option<usize>,
 }
 
 /// A client handed to pass-through: its account uses an auth plugin the proxy cannot log in
@@ -446,6 +452,7 @@ impl Pooled {
             reloaded: false,
             baseline: SessionState::default(),
             script: None,
+            route: None,
         }));
         io.set_owner(sock, Owner::Pooled(sid).token());
         io.stats.active += 1;
@@ -990,7 +997,7 @@ impl Pooled {
             return self.run_on(io, sid, bid);
         }
         let Some(key) = s.key.clone() else { return };
-        let (last, fp) = (s.last_conn, s.state.fingerprint());
+        let (last, fp, route) = (s.last_conn, s.state.fingerprint(), s.route);
         let conns = &self.conns;
         let schemaless = s.state.schema.is_none();
         let prefer = |b: BackendId| {
@@ -999,7 +1006,9 @@ impl Pooled {
                 || c.is_some_and(|c| c.state.fingerprint() == fp)
                 || c.is_some_and(|c| schemaless && c.state.schema.is_none())
         };
-        if let Some(bid) = self.pool.take(&key, prefer) {
+        let fits =
+            |b: BackendId| route.is_none_or(|r| conns.get(b.0).is_some_and(|c| c.server == r));
+        if let Some(bid) = self.pool.take(&key, fits, prefer) {
             let same = self
                 .conns
                 .get(bid.0)
@@ -1021,7 +1030,10 @@ impl Pooled {
         }
         // Full: an idle connection of another user is logged in again as this one (or, with
         // other capabilities, makes room once the server has closed it: the session waits).
-        if let Some((other_key, other)) = self.pool.take_any() {
+        let conns = &self.conns;
+        let fits =
+            |b: BackendId| route.is_none_or(|r| conns.get(b.0).is_some_and(|c| c.server == r));
+        if let Some((other_key, other)) = self.pool.take_any(fits) {
             if other_key.caps == key.caps {
                 return self.hand_over(io, other, sid, key);
             }
@@ -1080,18 +1092,27 @@ impl Pooled {
         io.set_timer(now + self.ps.wait_timeout, Owner::Pooled(sid).token());
     }
 
-    /// Opens a pooled connection for `key` (to the next backend with room), for `session`.
+    /// Opens a pooled connection for `key` (to the backend the session's script routes it to,
+    /// else to the next read-write backend with room), for `session`.
     fn open_conn(
         &mut self,
         io: &mut Io,
         key: &PoolKey,
         session: Option<PooledId>,
     ) -> Option<BackendId> {
-        let n = self.shared.backends.len();
-        let start = self.shared.pick_index();
-        let server = (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| self.ps.limits.acquire(i))?;
+        let route = session
+            .and_then(|s| self.sessions.get(s.0))
+            .and_then(|s| s.route);
+        let server = match route {
+            Some(r) => Some(r).filter(|&r| self.ps.limits.acquire(r))?,
+            None => {
+                let n = self.shared.rw_backends;
+                let start = self.shared.pick_index();
+                (0..n)
+                    .map(|i| (start + i) % n)
+                    .find(|&i| self.ps.limits.acquire(i))?
+            }
+        };
         let addr = self.shared.backends[server];
         let source = self.shared.source_for(&addr);
         let cred = session
@@ -1564,7 +1585,12 @@ impl Pooled {
             io.stats.pool_closes += 1;
             return self.close_conn(io, bid);
         }
-        while let Some(w) = self.pool.next_waiter(&key) {
+        let (sessions, server) = (&self.sessions, self.conns.get(bid.0).map(|b| b.server));
+        let fits = |w: &Waiter<PooledId>| {
+            let route = sessions.get(w.session.0).and_then(|s| s.route);
+            route.is_none_or(|r| Some(r) == server)
+        };
+        while let Some(w) = self.pool.next_waiter(&key, fits) {
             if self
                 .sessions
                 .get(w.session.0)
@@ -1574,7 +1600,10 @@ impl Pooled {
                 return self.attach(io, w.session, bid);
             }
         }
-        if let Some(w) = self.pool.first_waiter() {
+        if let Some(w) = self.pool.first_waiter().filter(|w| {
+            let route = self.sessions.get(w.session.0).and_then(|s| s.route);
+            route.is_none_or(|r| Some(r) == server)
+        }) {
             // Another user's session waits: this connection is logged in again as its user
             // (same capabilities), or its room goes to it once the server has closed it (the
             // session stays first in line).
@@ -1629,7 +1658,7 @@ impl Pooled {
         self.serve_waiters(io);
         self.update_hungry();
         if self.owes_room() {
-            if let Some((_, bid)) = self.pool.take_any() {
+            if let Some((_, bid)) = self.pool.take_any(|_| true) {
                 io.stats.pool_closes += 1;
                 self.close_conn(io, bid);
             }

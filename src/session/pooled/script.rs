@@ -3,6 +3,9 @@
 //! (the command runs as the client sent it), PROXY_SEND_RESULT (the script's `proxy.response`
 //! goes to the client; nothing runs), or PROXY_SEND_QUERY (the queries of `proxy.queries` run in
 //! its place, one after another, each as a command of the session, their results forwarded).
+//! `proxy.connection.backend_ndx`, when the script sets it, routes the session's commands to that
+//! backend's connections (read/write splitting), except while the session holds a connection
+//! (a transaction, a lock...): its commands stay there.
 //!
 //! The proxy authenticated the client itself and picks backend connections from its pool, so
 //! the hooks of the connection phase (connect_server, read_handshake, read_auth,
@@ -152,6 +155,7 @@ impl Pooled {
             script.hooks = d.hooks;
             return self.drive(io, sid);
         };
+        s.route = d.backend_ndx.filter(|&i| i < self.shared.backends.len());
         match (d.ret, d.response) {
             (Ret::SendResult, Some(packets)) => {
                 let mut out = Vec::new();
