@@ -319,9 +319,8 @@ pub fn version_number(v: &[u8]) -> u32 {
     a * 10_000 + b * 100 + c
 }
 
-/// The entries of a `proxy.queries` object (its `items`), emptied.
-pub fn take_queries(queries: &Table, lua: &Lua) -> LuaResult<Vec<Injection>> {
-    let items: Table = queries.get("items")?;
+/// The entries of a `proxy.queries` queue, as [`Injection`]s.
+pub fn injections(items: &Table) -> LuaResult<Vec<Injection>> {
     let mut out = Vec::with_capacity(items.raw_len());
     for e in items.sequence_values::<Table>() {
         let e = e?;
@@ -332,9 +331,6 @@ pub fn take_queries(queries: &Table, lua: &Lua) -> LuaResult<Vec<Injection>> {
                 .get::<Option<bool>>("resultset_is_needed")?
                 .unwrap_or(false),
         });
-    }
-    if !out.is_empty() {
-        queries.set("items", lua.create_table()?)?;
     }
     Ok(out)
 }

@@ -41,15 +41,20 @@ function rp.hooks(state)
   return bits
 end
 
--- Calls hook `name` of a connection: proxy.connection/queries/response are that connection's
--- for the call. Returns the hook's return value and proxy.response.
+-- Calls hook `name` of a connection (nothing when its script defines none):
+-- proxy.connection/queries/response are that connection's for the call. Returns the hook's
+-- return value, proxy.response, and the queued injections (nil when none; the queue is emptied).
 function rp.call(state, name, arg)
   local f = state.env[name]
+  if type(f) ~= "function" then return nil end
   proxy.connection = state.connection
   proxy.queries = state.queries
   proxy.response = {} -- scripts set fields of it directly (proxy.response.type = ...)
   local ret = f(arg)
-  return ret, proxy.response
+  local items = state.queries.items
+  if #items == 0 then return ret, proxy.response, nil end
+  state.queries.items = {}
+  return ret, proxy.response, items
 end
 
 -- inj.resultset.rows: an iterator over decoded rows.

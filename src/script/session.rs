@@ -88,8 +88,8 @@ pub struct Session {
     waiting: Option<HookName>,
     /// The packet the awaited hook is about (forwarded when there is no decision).
     held: Option<Vec<u8>>,
-    cin: Vec<u8>,
-    bin: Vec<u8>,
+    cin: InBuf,
+    bin: InBuf,
     /// Queries to run, each with whether it is the client's own packet.
     queue: VecDeque<(Injection, bool)>,
     current: Option<Current>,
@@ -104,6 +104,8 @@ pub struct Session {
     max_packet: usize,
     /// What `proxy.connection` learned since the last call.
     updates: Vec<Update>,
+    /// Client bytes of the current step (see [`Session::client`]).
+    cout: Vec<u8>,
 }
 
 fn frame(seq: u8, payload: &[u8], out: &mut Vec<u8>) {
@@ -124,19 +126,45 @@ fn err_bytes(seq: u8, message: &str) -> Vec<u8> {
     out
 }
 
-/// A whole packet from `buf` (its sequence id and payload), or None until one is complete.
-fn take_packet(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
-    if buf.len() < 4 {
-        return None;
+/// Received bytes not consumed yet: whole packets are taken from the front (a read position, so
+/// taking one costs no move of the rest).
+#[derive(Debug, Default)]
+struct InBuf {
+    data: Vec<u8>,
+    pos: usize,
+}
+
+impl InBuf {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.pos == self.data.len() {
+            self.data.clear();
+            self.pos = 0;
+        } else if self.pos > self.data.len() / 2 {
+            self.data.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.data.extend_from_slice(bytes);
     }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], 0]) as usize;
-    if buf.len() < 4 + len {
-        return None;
+
+    /// Bytes not consumed.
+    fn len(&self) -> usize {
+        self.data.len() - self.pos
     }
-    let seq = buf[3];
-    let payload = buf[4..4 + len].to_vec();
-    buf.drain(..4 + len);
-    Some((seq, payload))
+
+    /// The next whole packet (its sequence id and payload), or None until one is complete.
+    fn take(&mut self) -> Option<(u8, Vec<u8>)> {
+        let buf = &self.data[self.pos..];
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], 0]) as usize;
+        if buf.len() < 4 + len {
+            return None;
+        }
+        let (seq, payload) = (buf[3], buf[4..4 + len].to_vec());
+        self.pos += 4 + len;
+        Some((seq, payload))
+    }
 }
 
 fn head(payload: &[u8], seq: u8) -> PacketHead<'_> {
@@ -157,8 +185,8 @@ impl Session {
             hooks: Hooks::default(),
             waiting: Some(HookName::ConnectServer),
             held: None,
-            cin: Vec::new(),
-            bin: Vec::new(),
+            cin: InBuf::default(),
+            bin: InBuf::default(),
             queue: VecDeque::new(),
             current: None,
             tracker: ResponseTracker::new(CLIENT_PROTOCOL_41),
@@ -168,6 +196,7 @@ impl Session {
             caps: CLIENT_PROTOCOL_41,
             max_packet,
             updates: Vec::new(),
+            cout: Vec::new(),
         }
     }
 
@@ -194,14 +223,31 @@ impl Session {
         self.phase = Phase::Greeting;
     }
 
+    /// Queues framed bytes for the client: the bytes of one step leave as one [`Out::Client`].
+    fn client(&mut self, bytes: Vec<u8>) {
+        if self.cout.is_empty() {
+            self.cout = bytes;
+        } else {
+            self.cout.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Hands the client bytes queued by this step over.
+    fn flush(&mut self, out: &mut Vec<Out>) {
+        if !self.cout.is_empty() {
+            out.push(Out::Client(std::mem::take(&mut self.cout)));
+        }
+    }
+
     fn end(&mut self, out: &mut Vec<Out>, flush: bool) {
+        self.flush(out);
         self.phase = Phase::Ended;
         out.push(Out::End { flush });
     }
 
     /// Tells the client (when a packet may go to it now) and ends.
     fn fail(&mut self, out: &mut Vec<Out>, seq: u8, message: &str) {
-        out.push(Out::Client(err_bytes(seq, message)));
+        self.client(err_bytes(seq, message));
         self.end(out, true);
     }
 
@@ -216,7 +262,7 @@ impl Session {
             _ => self.client_seq.wrapping_add(1),
         };
         err.write_err_packet(seq, &mut bytes);
-        out.push(Out::Client(bytes));
+        self.client(bytes);
         self.end(out, true);
     }
 
@@ -245,13 +291,14 @@ impl Session {
             HookName::DisconnectClient => {}
         }
         self.pump(now, out);
+        self.flush(out);
     }
 
     fn connect_decided(&mut self, d: Decision, out: &mut Vec<Out>) {
         self.hooks = d.hooks;
         match (d.ret, d.response) {
             (Ret::SendResult, Some(packets)) => {
-                out.push(Out::Client(frame_all(0, &packets)));
+                self.client(frame_all(0, &packets));
                 self.phase = Phase::ClientAuth;
             }
             _ => {
@@ -263,12 +310,12 @@ impl Session {
 
     fn handshake_decided(&mut self, d: Decision, held: Option<Vec<u8>>, out: &mut Vec<Out>) {
         if let (Ret::SendResult, Some(packets)) = (d.ret, d.response) {
-            out.push(Out::Client(frame_all(0, &packets)));
+            self.client(frame_all(0, &packets));
             return self.end(out, true);
         }
         let mut bytes = Vec::new();
         frame(0, &held.unwrap_or_default(), &mut bytes);
-        out.push(Out::Client(bytes));
+        self.client(bytes);
         self.phase = Phase::ClientAuth;
     }
 
@@ -276,7 +323,7 @@ impl Session {
         let seq = self.client_seq.wrapping_add(1);
         if let (Ret::SendResult, Some(packets)) = (d.ret, d.response) {
             let ok = packets.first().and_then(|p| p.first()) == Some(&OK_HEADER);
-            out.push(Out::Client(frame_all(seq, &packets)));
+            self.client(frame_all(seq, &packets));
             if !ok {
                 return self.end(out, true);
             }
@@ -303,7 +350,7 @@ impl Session {
             _ => vec![packet],
         };
         let ok = packets.first().and_then(|p| p.first()) == Some(&OK_HEADER);
-        out.push(Out::Client(frame_all(seq, &packets)));
+        self.client(frame_all(seq, &packets));
         if ok {
             self.phase = Phase::Command;
         } else {
@@ -325,7 +372,7 @@ impl Session {
         }
         match (d.ret, d.response) {
             (Ret::SendResult, Some(packets)) => {
-                out.push(Out::Client(frame_all(1, &packets)));
+                self.client(frame_all(1, &packets));
                 if quit {
                     self.end(out, true);
                 }
@@ -359,8 +406,8 @@ impl Session {
         drop(held);
         match (d.ret, d.response) {
             (Ret::IgnoreResult, _) => {}
-            (Ret::SendResult, Some(packets)) => out.push(Out::Client(frame_all(1, &packets))),
-            _ => out.push(Out::Client(frame_all(1, &cur.packets))),
+            (Ret::SendResult, Some(packets)) => self.client(frame_all(1, &packets)),
+            _ => self.client(frame_all(1, &cur.packets)),
         }
         self.queue.extend(d.queries.into_iter().map(|q| (q, false)));
         self.start_next(now, out);
@@ -373,10 +420,10 @@ impl Session {
         };
         if self.backend.is_none() {
             self.queue.clear();
-            return out.push(Out::Client(err_bytes(
+            return self.client(err_bytes(
                 1,
                 "ringproxy: no backend (the script answered connect_server itself)",
-            )));
+            ));
         }
         let quit = inj.packet.first() == Some(&COM_QUIT);
         let mut bytes = Vec::new();
@@ -412,14 +459,16 @@ impl Session {
 
     /// The client's bytes.
     pub fn client_bytes(&mut self, data: &[u8], now: Instant, out: &mut Vec<Out>) {
-        self.cin.extend_from_slice(data);
+        self.cin.push(data);
         self.pump(now, out);
+        self.flush(out);
     }
 
     /// The backend's bytes.
     pub fn backend_bytes(&mut self, data: &[u8], now: Instant, out: &mut Vec<Out>) {
-        self.bin.extend_from_slice(data);
+        self.bin.push(data);
         self.pump(now, out);
+        self.flush(out);
     }
 
     /// Consumes whole packets while nothing is awaited.
@@ -449,7 +498,7 @@ impl Session {
     }
 
     fn pump_backend(&mut self, now: Instant, out: &mut Vec<Out>) -> bool {
-        let Some((seq, payload)) = take_packet(&mut self.bin) else {
+        let Some((seq, payload)) = self.bin.take() else {
             return self.oversized(self.bin.len(), out);
         };
         match self.phase {
@@ -473,7 +522,7 @@ impl Session {
         if !may_read {
             return false;
         }
-        let Some((seq, payload)) = take_packet(&mut self.cin) else {
+        let Some((seq, payload)) = self.cin.take() else {
             return self.oversized(self.cin.len(), out);
         };
         self.client_seq = seq;
@@ -494,7 +543,7 @@ impl Session {
         if payload.first() == Some(&ERR_HEADER) {
             let mut bytes = Vec::new();
             frame(0, &payload, &mut bytes);
-            out.push(Out::Client(bytes));
+            self.client(bytes);
             return self.end(out, true);
         }
         if let Err(e) =
@@ -517,7 +566,7 @@ impl Session {
         }
         let mut bytes = Vec::new();
         frame(0, &payload, &mut bytes);
-        out.push(Out::Client(bytes));
+        self.client(bytes);
         self.phase = Phase::ClientAuth;
     }
 
@@ -550,7 +599,7 @@ impl Session {
         }
         let mut bytes = Vec::new();
         frame(seq, &payload, &mut bytes);
-        out.push(Out::Client(bytes));
+        self.client(bytes);
     }
 
     fn on_command(&mut self, payload: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
@@ -594,9 +643,7 @@ impl Session {
             }
             cur.packets.push(payload);
         } else {
-            let mut bytes = Vec::new();
-            frame(seq, &payload, &mut bytes);
-            out.push(Out::Client(bytes));
+            frame(seq, &payload, &mut self.cout);
         }
         match kind {
             Ok(ServerPacket::Part) => {}

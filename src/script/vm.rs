@@ -43,6 +43,9 @@ pub struct Vm {
     lua: Lua,
     shared: Arc<ScriptShared>,
     rp: Table,
+    /// `rp.call`, and the hooks' names as Lua strings (by [`HookName`]), looked up once.
+    call_fn: Function,
+    names: Vec<mlua::LuaString>,
     chunk: Option<Function>,
     conns: HashMap<u64, Table>,
     budget: Rc<Cell<i64>>,
@@ -65,7 +68,14 @@ impl Vm {
             .load(include_str!("prelude.lua"))
             .set_name("=ringproxy/prelude")
             .eval()?;
+        let call_fn: Function = rp.get("call")?;
+        let names = ALL_HOOKS
+            .iter()
+            .map(|h| lua.create_string(h.lua_name()))
+            .collect::<mlua::Result<Vec<_>>>()?;
         let mut vm = Vm {
+            call_fn,
+            names,
             budget: Rc::new(Cell::new(i64::MAX)),
             reloads_seen: shared.reloads.load(Ordering::Relaxed),
             lua,
@@ -158,16 +168,11 @@ impl Vm {
     }
 
     fn close(&mut self, conn: u64) -> mlua::Result<()> {
-        let Some(state) = self.conns.get(&conn) else {
+        if !self.conns.contains_key(&conn) {
             return Ok(());
-        };
-        let env: Table = state.get("env")?;
-        let result = if env.get::<Value>("disconnect_client")?.is_function() {
-            let mut d = Decision::none(conn);
-            self.call(conn, HookName::DisconnectClient, Value::Nil, &mut d)
-        } else {
-            Ok(())
-        };
+        }
+        let mut d = Decision::none(conn);
+        let result = self.call(conn, HookName::DisconnectClient, Value::Nil, &mut d);
         self.conns.remove(&conn);
         result
     }
@@ -236,13 +241,10 @@ impl Vm {
         d: &mut Decision,
     ) -> mlua::Result<()> {
         let state = &self.conns[&conn];
-        let env: Table = state.get("env")?;
-        if !env.get::<Value>(name.lua_name())?.is_function() {
-            return Ok(());
-        }
-        let call: Function = self.rp.get("call")?;
         self.budget.set(self.max_instructions());
-        let (ret, response): (Value, Value) = call.call((state, name.lua_name(), arg))?;
+        let name = self.names[name as usize].clone();
+        let (ret, response, items): (Value, Value, Option<Table>) =
+            self.call_fn.call((state, name, arg))?;
         d.ret = ret_of(&ret);
         if d.ret == Ret::SendResult {
             let Value::Table(resp) = response else {
@@ -252,8 +254,9 @@ impl Vm {
             };
             d.response = Some(api::response_packets(&resp)?);
         }
-        let queries: Table = state.get("queries")?;
-        d.queries = api::take_queries(&queries, &self.lua)?;
+        if let Some(items) = items {
+            d.queries = api::injections(&items)?;
+        }
         Ok(())
     }
 
@@ -378,6 +381,17 @@ impl Vm {
         }
     }
 }
+
+/// Every hook, in [`HookName`]'s order.
+const ALL_HOOKS: [HookName; 7] = [
+    HookName::ConnectServer,
+    HookName::ReadHandshake,
+    HookName::ReadAuth,
+    HookName::ReadAuthResult,
+    HookName::ReadQuery,
+    HookName::ReadQueryResult,
+    HookName::DisconnectClient,
+];
 
 fn hook_of(h: &Hook) -> HookName {
     match h {
