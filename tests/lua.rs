@@ -958,3 +958,49 @@ fn rw_split_routes_reads_to_the_replica_outside_transactions() {
     drop(c);
     proxy.finish();
 }
+
+/// A login alias: the client logs in as `alias` / `alias-pw` (checked by the script with
+/// mysql.password), the server sees rp_native with its own password (a replacement handshake
+/// response queued from read_auth).
+fn alias_script() -> String {
+    format!(
+        r#"
+local proto = require("mysql.proto")
+local password = require("mysql.password")
+function read_auth()
+  local c = proxy.connection.client
+  if c.username ~= "alias" then return end
+  local challenge = proxy.connection.server.scramble_buffer
+  local stored = password.hash(password.hash("alias-pw"))
+  if not password.check(challenge, c.scrambled_password, stored) then
+    proxy.response = {{ type = proxy.MYSQLD_PACKET_ERR, errmsg = "alias: wrong password",
+                        errcode = 1045, sqlstate = "28000" }}
+    return proxy.PROXY_SEND_RESULT
+  end
+  assert(password.unscramble(challenge, c.scrambled_password, stored) == password.hash("alias-pw"))
+  proxy.queries:append(1, proto.to_response_packet({{
+    username = "{NATIVE_USER}",
+    response = password.scramble(challenge, password.hash("{NATIVE_PASS}")),
+    database = c.default_db,
+  }}))
+  return proxy.PROXY_SEND_QUERY
+end
+"#
+    )
+}
+
+#[test]
+fn read_auth_can_log_in_with_other_credentials() {
+    let db = MariaDb::shared();
+    let script = Script::new(&alias_script());
+    let proxy = start(db, script.arg(), &[]);
+    let mut c = mysql::Conn::new(db.opts(proxy.port, "alias", "alias-pw")).unwrap();
+    let user: Option<String> = c.query_first("SELECT CURRENT_USER()").unwrap();
+    assert_eq!(user, Some(format!("{NATIVE_USER}@%")));
+    let schema: Option<String> = c.query_first("SELECT DATABASE()").unwrap();
+    assert_eq!(schema.as_deref(), Some(DB));
+    let err = mysql::Conn::new(db.opts(proxy.port, "alias", "nope")).unwrap_err();
+    assert!(err.to_string().contains("alias: wrong password"), "{err}");
+    drop(c);
+    proxy.finish();
+}

@@ -1,5 +1,6 @@
 //! The modules scripts `require`, preloaded in every VM: `mysql.proto` (MySQL packets to and from
-//! Lua tables) and `mysql.tokenizer` (SQL tokens, normalized text) in Rust over the protocol
+//! Lua tables), `mysql.password` (mysql_native_password's hashing and scrambling) and
+//! `mysql.tokenizer` (SQL tokens, normalized text) in Rust over the protocol
 //! codec and the SQL lexer; `proxy.commands`, `proxy.tokenizer`, `proxy.balance` and
 //! `proxy.auto-config` in Lua (src/script/lua/), written for ringproxy with MySQL Proxy's
 //! interfaces.
@@ -7,6 +8,7 @@
 use mlua::{Lua, Table, Value};
 
 use super::api::err_payload;
+use crate::protocol::auth;
 use crate::protocol::constants::*;
 use crate::protocol::cursor::Cursor;
 use crate::protocol::handshake::{self, HandshakeResponse41, HandshakeV10};
@@ -31,6 +33,10 @@ pub fn preload(lua: &Lua) -> LuaResult<()> {
     preload.set(
         "mysql.proto",
         lua.create_function(|lua, ()| as_global(lua, "proto", proto(lua)?))?,
+    )?;
+    preload.set(
+        "mysql.password",
+        lua.create_function(|lua, ()| as_global(lua, "password", password(lua)?))?,
     )?;
     preload.set(
         "mysql.tokenizer",
@@ -268,6 +274,60 @@ fn from_response(lua: &Lua, s: mlua::LuaString) -> LuaResult<Table> {
     t.set("response", lua.create_string(r.auth_response)?)?;
     t.set("database", lua.create_string(r.database.unwrap_or(b""))?)?;
     Ok(t)
+}
+
+/// `mysql.password`: mysql_native_password's pieces. `hash(pw)` is SHA1(pw) (stage1);
+/// `scramble(challenge, stage1)` the answer a client sends; `unscramble(challenge, answer,
+/// stage2)` the stage1 an answer reveals with the stored SHA1(SHA1(pw)); `check(challenge,
+/// answer, stage2)` whether the answer is right.
+fn password(lua: &Lua) -> LuaResult<Table> {
+    use sha1::{Digest, Sha1};
+    let m = lua.create_table()?;
+    m.set(
+        "hash",
+        lua.create_function(|lua, pw: mlua::LuaString| {
+            lua.create_string(Sha1::digest(&*pw.as_bytes()))
+        })?,
+    )?;
+    m.set(
+        "scramble",
+        lua.create_function(
+            |lua, (challenge, stage1): (mlua::LuaString, mlua::LuaString)| {
+                let stage1: [u8; 20] = (*stage1.as_bytes())
+                    .try_into()
+                    .map_err(|_| mlua::Error::runtime("scramble: the hash must be 20 bytes"))?;
+                let answer = auth::native_password_from_stage1(&stage1, &challenge.as_bytes());
+                lua.create_string(answer)
+            },
+        )?,
+    )?;
+    m.set(
+        "unscramble",
+        lua.create_function(
+            |lua, (c, answer, stage2): (mlua::LuaString, mlua::LuaString, mlua::LuaString)| {
+                let (c, answer, stage2) = (bytes_of(&c), bytes_of(&answer), bytes_of(&stage2));
+                let mask = Sha1::new()
+                    .chain_update(&c[..c.len().min(20)])
+                    .chain_update(&stage2)
+                    .finalize();
+                let stage1: Vec<u8> = answer.iter().zip(mask).map(|(a, m)| a ^ m).collect();
+                lua.create_string(stage1)
+            },
+        )?,
+    )?;
+    m.set(
+        "check",
+        lua.create_function(
+            |_, (c, answer, stage2): (mlua::LuaString, mlua::LuaString, mlua::LuaString)| {
+                Ok(auth::native_password_matches(
+                    &stage2.as_bytes(),
+                    &c.as_bytes(),
+                    &answer.as_bytes(),
+                ))
+            },
+        )?,
+    )?;
+    Ok(m)
 }
 
 /// `mysql.tokenizer`.

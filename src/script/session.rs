@@ -337,8 +337,14 @@ impl Session {
                 "ringproxy: the script answered no login and there is no backend",
             );
         }
+        // PROXY_SEND_QUERY from read_auth: the script's packet replaces the client's handshake
+        // response (e.g. other credentials, made with mysql.password).
+        let packet = match (d.ret, d.queries.into_iter().next()) {
+            (Ret::SendQuery, Some(q)) => q.packet,
+            _ => held.unwrap_or_default(),
+        };
         let mut bytes = Vec::new();
-        frame(self.client_seq, &held.unwrap_or_default(), &mut bytes);
+        frame(self.client_seq, &packet, &mut bytes);
         out.push(Out::Backend(bytes));
         self.phase = Phase::AuthRelay;
     }
