@@ -36,6 +36,8 @@ pub struct Scripted {
     sessions: Slab<Entry>,
     /// Hook calls queued this turn.
     calls: Vec<Call>,
+    /// A spare vector for a step's [`Out`]s (no allocation per step).
+    scratch: Vec<Out>,
     draining: bool,
 }
 
@@ -46,6 +48,7 @@ impl Scripted {
             script,
             sessions: Slab::new(),
             calls: Vec::new(),
+            scratch: Vec::new(),
             draining: false,
         }
     }
@@ -103,11 +106,12 @@ impl Scripted {
         let Some(e) = self.sessions.get_mut(id.0).filter(|e| !e.closed) else {
             return;
         };
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.scratch);
         f(&mut e.s, &mut out);
-        for o in out {
+        for o in out.drain(..) {
             self.carry_out(io, id, o);
         }
+        self.scratch = out;
         self.backpressure(io, id);
     }
 

@@ -44,12 +44,20 @@ end
 -- Calls hook `name` of a connection (nothing when its script defines none):
 -- proxy.connection/queries/response are that connection's for the call. Returns the hook's
 -- return value, proxy.response, and the queued injections (nil when none; the queue is emptied).
+rp.spare_response = {}
 function rp.call(state, name, arg)
   local f = state.env[name]
   if type(f) ~= "function" then return nil end
   proxy.connection = state.connection
   proxy.queries = state.queries
-  proxy.response = {} -- scripts set fields of it directly (proxy.response.type = ...)
+  -- scripts set fields of proxy.response directly (proxy.response.type = ...): it is an empty
+  -- table, the same one until a script fills it (no garbage per call)
+  local response = rp.spare_response
+  if next(response) ~= nil then
+    response = {}
+    rp.spare_response = response
+  end
+  proxy.response = response
   local ret = f(arg)
   local items = state.queries.items
   if #items == 0 then return ret, proxy.response, nil end
