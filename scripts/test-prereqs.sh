@@ -5,8 +5,10 @@
 #            mariadb-admin, the ed25519 auth plugin);
 #   python   python3 with a working `python3 -m venv` (python3-venv: Debian keeps ensurepip
 #            there), for the tests that drive real Python clients;
-#   sysbench sysbench (its oltp_* workloads through libmariadb), for tests/pooled_clients.rs.
-# With no argument, all three. Idempotent and non-interactive: it installs nothing when all is
+#   sysbench sysbench (its oltp_* workloads through libmariadb), for tests/pooled_clients.rs;
+#   build    make and gcc, which the build needs (the mlua crate builds LuaJIT from source with
+#            LuaJIT's Makefile); scripts/dev-up runs this part before it builds.
+# With no argument, all four. Idempotent and non-interactive: it installs nothing when all is
 # there, runs apt-get as root or through `sudo -n` (never asks for a password), and otherwise
 # fails with the exact command to run. The test harness (tests/common/mariadb.rs; for sysbench,
 # tests/pooled_clients.rs) runs it by itself when a binary is missing, serialised by a lock on
@@ -34,15 +36,20 @@ sysbench_ok() {
     have sysbench
 }
 
+build_ok() {
+    have make && have gcc
+}
+
 want=("$@")
-[[ ${#want[@]} -gt 0 ]] || want=(mariadb python sysbench)
+[[ ${#want[@]} -gt 0 ]] || want=(mariadb python sysbench build)
 packages=()
 for w in "${want[@]}"; do
     case $w in
         mariadb) mariadb_ok || packages+=(mariadb-server mariadb-client) ;;
         python) python_ok || packages+=(python3 python3-venv) ;;
         sysbench) sysbench_ok || packages+=(sysbench) ;;
-        *) say "unknown part $w (mariadb, python, sysbench)"; exit 2 ;;
+        build) build_ok || packages+=(make gcc libc6-dev) ;;
+        *) say "unknown part $w (mariadb, python, sysbench, build)"; exit 2 ;;
     esac
 done
 
@@ -73,6 +80,7 @@ for w in "${want[@]}"; do
         mariadb) mariadb_ok || { say "MariaDB binaries still missing after apt-get"; failed=1; } ;;
         python) python_ok || { say "python3 -m venv still unusable after apt-get"; failed=1; } ;;
         sysbench) sysbench_ok || { say "sysbench still missing after apt-get"; failed=1; } ;;
+        build) build_ok || { say "make or gcc still missing after apt-get"; failed=1; } ;;
     esac
 done
 [[ $failed -eq 0 ]] || exit 1
