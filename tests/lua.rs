@@ -730,6 +730,14 @@ fn bad_input_on_a_scripted_listener_ends_only_that_client() {
     proxy.finish();
 }
 
+/// A configuration file in `dir` with rp_native as the one `[[users]]` entry of pooled listeners.
+fn users_config(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("pooled.toml");
+    let text = format!("[[users]]\nname = \"{NATIVE_USER}\"\npassword = \"{NATIVE_PASS}\"\n");
+    std::fs::write(&path, text).expect("write the configuration");
+    path
+}
+
 const POOLED_SCRIPT: &str = r#"
 function connect_server() print("connect_server must not run on pooled listeners") end
 function read_query(packet)
@@ -758,12 +766,7 @@ function disconnect_client() print("pooled disconnect", proxy.connection.client.
 fn read_query_runs_on_pooled_listeners_and_state_stays_per_session() {
     let db = MariaDb::shared();
     let script = Script::new(POOLED_SCRIPT);
-    let config = script.dir.path().join("pooled.toml");
-    std::fs::write(
-        &config,
-        format!("[[users]]\nname = \"{NATIVE_USER}\"\npassword = \"{NATIVE_PASS}\"\n"),
-    )
-    .unwrap();
+    let config = users_config(script.dir.path());
     let proxy = Proxy::start_pooled(
         db.port,
         &[
@@ -883,17 +886,16 @@ fn auto_config_pairs_over_proxy_global_and_mysql_proxy_globals() {
     proxy.finish();
 }
 
+/// The port of the server that runs it, in a form rw-split.lua sends to a replica (no `@`).
+const SERVER_PORT: &str =
+    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = 'PORT'";
+
 #[test]
 fn rw_split_routes_reads_to_the_replica_outside_transactions() {
     let primary = MariaDb::shared();
     let replica = MariaDb::start_with(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pooled.toml");
-    std::fs::write(
-        &config,
-        format!("[[users]]\nname = \"{NATIVE_USER}\"\npassword = \"{NATIVE_PASS}\"\n"),
-    )
-    .unwrap();
+    let config = users_config(dir.path());
     let ro = format!("127.0.0.1:{}", replica.port);
     let proxy = Proxy::start_pooled(
         primary.port,
@@ -914,10 +916,7 @@ fn rw_split_routes_reads_to_the_replica_outside_transactions() {
     // Statements that read session values (here @@port) stay on the primary.
     assert_eq!(port(&mut c, "SELECT @@port"), primary.port);
     // Reads outside a transaction: the replica.
-    let replica_port: u16 = c
-        .query_first("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = 'PORT'")
-        .unwrap()
-        .unwrap();
+    let replica_port: u16 = c.query_first(SERVER_PORT).unwrap().unwrap();
     assert_eq!(
         replica_port, replica.port,
         "a plain SELECT ran on the replica"
@@ -934,19 +933,13 @@ fn rw_split_routes_reads_to_the_replica_outside_transactions() {
     assert_eq!(in_primary, Some(primary.port));
     // A transaction, reads included: the primary until COMMIT.
     c.query_drop("BEGIN").unwrap();
-    let p: u16 = c
-        .query_first("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = 'PORT'")
-        .unwrap()
-        .unwrap();
+    let p: u16 = c.query_first(SERVER_PORT).unwrap().unwrap();
     assert_eq!(
         p, primary.port,
         "a read inside a transaction ran on the primary"
     );
     c.query_drop("COMMIT").unwrap();
-    let p: u16 = c
-        .query_first("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = 'PORT'")
-        .unwrap()
-        .unwrap();
+    let p: u16 = c.query_first(SERVER_PORT).unwrap().unwrap();
     assert_eq!(
         p, replica.port,
         "after COMMIT reads go to the replica again"

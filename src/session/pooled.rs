@@ -1006,8 +1006,7 @@ impl Pooled {
                 || c.is_some_and(|c| c.state.fingerprint() == fp)
                 || c.is_some_and(|c| schemaless && c.state.schema.is_none())
         };
-        let fits =
-            |b: BackendId| route.is_none_or(|r| conns.get(b.0).is_some_and(|c| c.server == r));
+        let fits = |b: BackendId| on_route(conns, route, b);
         if let Some(bid) = self.pool.take(&key, fits, prefer) {
             let same = self
                 .conns
@@ -1031,9 +1030,7 @@ impl Pooled {
         // Full: an idle connection of another user is logged in again as this one (or, with
         // other capabilities, makes room once the server has closed it: the session waits).
         let conns = &self.conns;
-        let fits =
-            |b: BackendId| route.is_none_or(|r| conns.get(b.0).is_some_and(|c| c.server == r));
-        if let Some((other_key, other)) = self.pool.take_any(fits) {
+        if let Some((other_key, other)) = self.pool.take_any(|b| on_route(conns, route, b)) {
             if other_key.caps == key.caps {
                 return self.hand_over(io, other, sid, key);
             }
@@ -2140,6 +2137,12 @@ fn record_prepare(
 }
 
 /// Runs `job` on `b`: `payload` (a command, sequence id 0).
+/// Whether connection `b` may serve a session its script routes to backend `route` (any
+/// connection when there is no route).
+fn on_route(conns: &Slab<PooledBackend>, route: Option<usize>, b: BackendId) -> bool {
+    route.is_none_or(|r| conns.get(b.0).is_some_and(|c| c.server == r))
+}
+
 fn send_job(b: &mut PooledBackend, job: Job, payload: &[u8], acts: &mut Vec<Action>) {
     let mut pkt = Vec::with_capacity(payload.len() + HEADER_LEN);
     write_packet(&mut pkt, 0, payload);
