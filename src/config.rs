@@ -526,7 +526,7 @@ config_keys! {
     /// (its compiled code cannot be interrupted).
     lua_max_instructions: u64 {
         key: script.lua_max_instructions, flag: "lua-max-instructions",
-        kind: Int<0, NO_MAX>, default: 100_000_000, mode: script,
+        kind: Int<0, NO_MAX>, default: 10_000_000, mode: script,
     }
     /// Memory one worker's Lua VM may allocate; an allocation beyond it fails the hook call.
     lua_memory_limit: usize {

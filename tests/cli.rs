@@ -671,7 +671,7 @@ fn mysql_proxy_wrapper_options_are_accepted() {
         "proxy.read_only_backends = [\"127.0.0.1:3307\", \"127.0.0.1:3308\"]\n",
         "script.lua_script = \"/etc/mysql-proxy/rw.lua\"\n",
         "script.lua_executor_thread = false\n",
-        "script.lua_max_instructions = 100000000\n",
+        "script.lua_max_instructions = 10000000\n",
         "log.level = \"info\"\n",
     ] {
         assert!(summary.contains(line), "{line:?} missing:\n{summary}");

@@ -997,3 +997,43 @@ fn read_auth_can_log_in_with_other_credentials() {
     drop(c);
     proxy.finish();
 }
+
+const INJ_FIELDS: &str = r#"
+function read_query(packet)
+  if packet:byte() ~= proxy.COM_QUERY then return end
+  proxy.queries:append(7, packet, { resultset_is_needed = true })
+  return proxy.PROXY_SEND_QUERY
+end
+function read_query_result(inj)
+  local rs = inj.resultset
+  print("inj", inj.id, inj.query:sub(2), rs.query_status, tostring(rs.affected_rows),
+        tostring(rs.insert_id), rs.warning_count, rs.bytes > 0, rs.raw:byte(),
+        tostring(rs.row_count), tostring(rs.errcode), tostring(rs.errmsg))
+end
+"#;
+
+#[test]
+fn inj_resultset_fields_of_ok_err_and_warnings() {
+    let db = MariaDb::shared();
+    let script = Script::new(INJ_FIELDS);
+    let proxy = start(db, script.arg(), &[]);
+    let mut c = db.conn(proxy.port);
+    c.query_drop("CREATE TABLE IF NOT EXISTS rp_lua_ai (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        .unwrap();
+    c.query_drop("INSERT INTO rp_lua_ai (v) VALUES (1), (2)")
+        .unwrap();
+    let first = c.last_insert_id();
+    let null: Option<Option<u8>> = c.query_first("SELECT 1/0").unwrap();
+    assert_eq!(null, Some(None));
+    let err = server_error(c.query_drop("SELECT * FROM rp_no_such_table"));
+    assert_eq!(err.code, 1146);
+    let log = wait_for_log(&proxy, "inj\t7\tSELECT * FROM rp_no_such_table");
+    let has = |line: &str| assert!(log.contains(line), "{line:?} not in:\n{}", tail(&log, 12));
+    has(&format!(
+        "inj\t7\tINSERT INTO rp_lua_ai (v) VALUES (1), (2)\t0\t2\t{first}\t0\ttrue\t0\tnil\tnil\tnil\n"
+    ));
+    has("inj\t7\tSELECT 1/0\t0\tnil\tnil\t1\ttrue\t1\t1\tnil\tnil\n");
+    has("inj\t7\tSELECT * FROM rp_no_such_table\t255\tnil\tnil\t0\ttrue\t255\tnil\t1146\tTable 'rp.rp_no_such_table' doesn't exist\n");
+    drop(c);
+    proxy.finish();
+}
