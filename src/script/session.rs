@@ -37,6 +37,8 @@ const SCRIPT_CLEAR_CAPS: u32 =
 /// MariaDB extended capabilities cleared besides [`CLEAR_MARIADB_EXT`]: extended type info, whose
 /// extra column-definition field generated resultsets do not have.
 const SCRIPT_CLEAR_MARIADB_EXT: u32 = CLEAR_MARIADB_EXT | MARIADB_CLIENT_EXTENDED_TYPE_INFO;
+/// Input buffer capacity a session keeps between packets.
+const KEEP_BUFFER: usize = 4096;
 /// Largest result held whole for read_query_result.
 pub const RESULT_MAX: usize = 64 << 20;
 /// Error code of the proxy's own refusals in scripted sessions (ER_UNKNOWN_ERROR).
@@ -149,6 +151,15 @@ impl InBuf {
     /// Bytes not consumed.
     fn len(&self) -> usize {
         self.data.len() - self.pos
+    }
+
+    /// Once everything was consumed, a buffer grown past [`KEEP_BUFFER`] is freed: an idle
+    /// session keeps at most that much.
+    fn trim(&mut self) {
+        if self.pos == self.data.len() && self.data.capacity() > KEEP_BUFFER {
+            self.data = Vec::new();
+            self.pos = 0;
+        }
     }
 
     /// The next whole packet (its sequence id and payload), or None until one is complete.
@@ -481,13 +492,15 @@ impl Session {
     fn pump(&mut self, now: Instant, out: &mut Vec<Out>) {
         loop {
             if self.phase == Phase::Ended || self.waiting.is_some() {
-                return;
+                break;
             }
             let progressed = self.pump_backend(now, out) || self.pump_client(now, out);
             if !progressed {
-                return;
+                break;
             }
         }
+        self.cin.trim();
+        self.bin.trim();
     }
 
     fn oversized(&mut self, buf_len: usize, out: &mut Vec<Out>) -> bool {
@@ -690,4 +703,107 @@ impl Session {
 
 fn micros(d: std::time::Duration) -> u64 {
     d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::handshake::{encode_handshake_response41, HandshakeResponse41};
+
+    fn hooks(list: &[HookName]) -> Hooks {
+        Hooks(list.iter().fold(0, |b, h| b | 1 << *h as u8))
+    }
+
+    fn decision(ret: Ret, response: Option<Vec<Vec<u8>>>, hooks: Hooks) -> Decision {
+        Decision {
+            ret,
+            response,
+            hooks,
+            ..Decision::none(0)
+        }
+    }
+
+    fn client_bytes(out: &[Out]) -> Vec<u8> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Client(b) => Some(b.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn packets_are_taken_whole_across_chunks() {
+        let mut b = InBuf::default();
+        b.push(&[3, 0, 0, 7, b'a']);
+        assert_eq!(b.take(), None);
+        b.push(&[b'b', b'c', 1, 0]);
+        assert_eq!(b.take(), Some((7, b"abc".to_vec())));
+        assert_eq!(b.take(), None);
+        b.push(&[0, 9, b'z']);
+        assert_eq!(b.take(), Some((9, b"z".to_vec())));
+        assert_eq!(b.len(), 0);
+    }
+
+    #[test]
+    fn a_script_can_be_the_whole_server() {
+        let now = Instant::now();
+        let mut s = Session::new(1 << 20);
+        let mut out = Vec::new();
+        // connect_server answered with a greeting: no backend.
+        let all = hooks(&[
+            HookName::ConnectServer,
+            HookName::ReadAuth,
+            HookName::ReadQuery,
+        ]);
+        let greeting = vec![10, b'5', 0];
+        s.decided(
+            decision(Ret::SendResult, Some(vec![greeting]), all),
+            now,
+            &mut out,
+        );
+        assert_eq!(client_bytes(&out), [3, 0, 0, 0, 10, b'5', 0]);
+        assert!(!out.iter().any(|o| matches!(o, Out::Connect(_))));
+        // The client's login goes to read_auth, with what proxy.connection learns from it.
+        let resp = HandshakeResponse41 {
+            capabilities: CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION,
+            max_packet_size: 1 << 24,
+            charset: 33,
+            mariadb_ext_capabilities: 0,
+            username: b"u",
+            auth_response: b"",
+            database: None,
+            auth_plugin_name: None,
+            connect_attrs: None,
+        };
+        let mut payload = Vec::new();
+        encode_handshake_response41(&resp, &mut payload);
+        let mut bytes = Vec::new();
+        write_packet(&mut bytes, 1, &payload);
+        out.clear();
+        s.client_bytes(&bytes, now, &mut out);
+        assert!(
+            matches!(&out[..], [Out::Call(Hook::Auth, u)] if matches!(u[..], [Update::Client { .. }]))
+        );
+        // Its OK ends the login (sequence id 2), and a query goes to read_query.
+        out.clear();
+        let ok = vec![0, 0, 0, 2, 0, 0, 0];
+        s.decided(
+            decision(Ret::SendResult, Some(vec![ok]), all),
+            now,
+            &mut out,
+        );
+        assert_eq!(client_bytes(&out), [7, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(s.phase(), Phase::Command);
+        out.clear();
+        s.client_bytes(&[2, 0, 0, 0, COM_QUERY, b'x'], now, &mut out);
+        assert!(matches!(&out[..], [Out::Call(Hook::Query(p), _)] if p == &[COM_QUERY, b'x']));
+        // No decision and no backend: the client is told, the session goes on.
+        out.clear();
+        s.decided(Decision::none(0), now, &mut out);
+        let err = client_bytes(&out);
+        assert_eq!((err[3], err[4]), (1, ERR_HEADER));
+        assert!(s.is_idle());
+    }
 }
