@@ -27,6 +27,7 @@ use crate::protocol::framing::{write_packet, PacketHead, HEAD_CAP};
 use crate::protocol::handshake::{parse_handshake_response41, patch_server_greeting};
 use crate::protocol::packets::write_err_packet;
 use crate::protocol::scanner::{ClientPacket, ResponseTracker, ServerPacket};
+use crate::protocol::ProtoError;
 use crate::session::client::{CLEAR_CAPS, CLEAR_MARIADB_EXT};
 
 /// Capabilities cleared in the greeting a scripted client sees, besides [`CLEAR_CAPS`]: no
@@ -99,8 +100,6 @@ pub struct Session {
     backend: Option<(usize, SocketAddr)>,
     /// Sequence id of the client's last packet.
     client_seq: u8,
-    /// LOCAL INFILE: the client's packets go to the server as they are until the empty one.
-    infile: bool,
     /// Capabilities the client and the backend agreed on.
     caps: u32,
     max_packet: usize,
@@ -108,6 +107,8 @@ pub struct Session {
     updates: Vec<Update>,
     /// Client bytes of the current step (see [`Session::client`]).
     cout: Vec<u8>,
+    /// The backend went away while a hook call was out (reported after its decision).
+    backend_closed: Option<Error>,
 }
 
 fn frame(seq: u8, payload: &[u8], out: &mut Vec<u8>) {
@@ -116,8 +117,9 @@ fn frame(seq: u8, payload: &[u8], out: &mut Vec<u8>) {
 
 fn frame_all(first_seq: u8, packets: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(packets.iter().map(|p| p.len() + 4).sum());
-    for (i, p) in packets.iter().enumerate() {
-        frame(first_seq.wrapping_add(i as u8), p, &mut out);
+    let mut seq = first_seq;
+    for p in packets {
+        seq = write_packet(&mut out, seq, p);
     }
     out
 }
@@ -162,31 +164,97 @@ impl InBuf {
         }
     }
 
-    /// The next whole packet (its sequence id and payload), or None until one is complete.
-    fn take(&mut self) -> Option<(u8, Vec<u8>)> {
-        let buf = &self.data[self.pos..];
-        if buf.len() < 4 {
-            return None;
+    /// The next whole logical packet: its physical packets of 0xFF_FFFF bytes and the one that
+    /// ends it, joined (the sequence id of the first and of the last, the payload), or None
+    /// until all of it is here.
+    fn take(&mut self) -> Option<Logical> {
+        let (mut at, mut payload_len) = (self.pos, 0);
+        let mut last_seq;
+        loop {
+            let h = self.data.get(at..at + 4)?;
+            let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
+            last_seq = h[3];
+            if self.data.len() < at + 4 + len {
+                return None;
+            }
+            at += 4 + len;
+            payload_len += len;
+            if len < MAX_PAYLOAD_LEN {
+                break;
+            }
         }
-        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], 0]) as usize;
-        if buf.len() < 4 + len {
-            return None;
+        let seq = self.data[self.pos + 3];
+        let mut payload = Vec::with_capacity(payload_len);
+        while self.pos < at {
+            let h = &self.data[self.pos..self.pos + 4];
+            let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
+            payload.extend_from_slice(&self.data[self.pos + 4..self.pos + 4 + len]);
+            self.pos += 4 + len;
         }
-        let (seq, payload) = (buf[3], buf[4..4 + len].to_vec());
-        self.pos += 4 + len;
-        Some((seq, payload))
+        Some(Logical {
+            seq,
+            last_seq,
+            payload,
+        })
     }
 }
 
-fn head(payload: &[u8], seq: u8) -> PacketHead<'_> {
-    PacketHead {
-        len: payload.len() as u32,
-        seq,
-        head: &payload[..payload.len().min(HEAD_CAP)],
-        continuation: false,
+/// A whole logical packet.
+#[derive(Debug, PartialEq, Eq)]
+struct Logical {
+    /// Sequence id of its first physical packet, and of its last.
+    seq: u8,
+    last_seq: u8,
+    payload: Vec<u8>,
+}
+
+/// The physical packets of a logical payload (as [`write_packet`] frames them): pieces of
+/// 0xFF_FFFF bytes and the shorter one that ends it (empty when the length is a multiple).
+fn pieces(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let n = payload.len() / MAX_PAYLOAD_LEN + 1;
+    (0..n).map(move |i| {
+        &payload[(i * MAX_PAYLOAD_LEN).min(payload.len())
+            ..((i + 1) * MAX_PAYLOAD_LEN).min(payload.len())]
+    })
+}
+
+/// The heads the response tracker sees of a logical packet's physical packets.
+fn heads(payload: &[u8], seq: u8) -> impl Iterator<Item = PacketHead<'_>> {
+    pieces(payload).enumerate().map(move |(i, p)| PacketHead {
+        len: p.len() as u32,
+        seq: seq.wrapping_add(i as u8),
+        head: &p[..p.len().min(HEAD_CAP)],
+        continuation: i > 0,
         at: Some(0),
         start: 0,
+    })
+}
+
+/// A client packet to the tracker: what its first physical packet is.
+fn track_client(
+    t: &mut ResponseTracker,
+    payload: &[u8],
+    seq: u8,
+) -> Result<ClientPacket, ProtoError> {
+    let mut first = None;
+    for h in heads(payload, seq) {
+        let kind = t.on_client_packet(&h)?;
+        first.get_or_insert(kind);
     }
+    Ok(first.expect("a logical packet has a physical one"))
+}
+
+/// A server packet to the tracker: what its last physical packet is (where a response ends).
+fn track_server(
+    t: &mut ResponseTracker,
+    payload: &[u8],
+    seq: u8,
+) -> Result<ServerPacket, ProtoError> {
+    let mut last = None;
+    for h in heads(payload, seq) {
+        last = Some(t.on_server_packet(&h)?);
+    }
+    Ok(last.expect("a logical packet has a physical one"))
 }
 
 impl Session {
@@ -203,11 +271,11 @@ impl Session {
             tracker: ResponseTracker::new(CLIENT_PROTOCOL_41),
             backend: None,
             client_seq: 0,
-            infile: false,
             caps: CLIENT_PROTOCOL_41,
             max_packet,
             updates: Vec::new(),
             cout: Vec::new(),
+            backend_closed: None,
         }
     }
 
@@ -262,9 +330,15 @@ impl Session {
         self.end(out, true);
     }
 
-    /// The backend could not be reached or went away.
+    /// The backend could not be reached or went away. While a hook call is out, this waits for
+    /// its decision (the server may have closed after its last word, e.g. an ERR to a login,
+    /// which the decision then passes on).
     pub fn backend_lost(&mut self, err: &Error, out: &mut Vec<Out>) {
         if self.phase == Phase::Ended {
+            return;
+        }
+        if self.waiting.is_some() {
+            self.backend_closed = Some(err.clone());
             return;
         }
         let mut bytes = Vec::new();
@@ -302,6 +376,9 @@ impl Session {
             HookName::DisconnectClient => {}
         }
         self.pump(now, out);
+        if let Some(err) = self.backend_closed.take() {
+            self.backend_lost(&err, out);
+        }
         self.flush(out);
     }
 
@@ -450,7 +527,7 @@ impl Session {
             self.queue.clear();
             return self.end(out, false);
         }
-        let expect = self.tracker.on_client_packet(&head(&inj.packet, 0));
+        let expect = track_client(&mut self.tracker, &inj.packet, 0);
         let expects_nothing = matches!(
             expect,
             Ok(ClientPacket::Command {
@@ -517,7 +594,7 @@ impl Session {
     }
 
     fn pump_backend(&mut self, now: Instant, out: &mut Vec<Out>) -> bool {
-        let Some((seq, payload)) = self.bin.take() else {
+        let Some(Logical { seq, payload, .. }) = self.bin.take() else {
             return self.oversized(self.bin.len(), out);
         };
         match self.phase {
@@ -535,16 +612,23 @@ impl Session {
     fn pump_client(&mut self, now: Instant, out: &mut Vec<Out>) -> bool {
         let may_read = match self.phase {
             Phase::ClientAuth | Phase::AuthRelay => true,
-            Phase::Command => self.infile || (self.current.is_none() && self.queue.is_empty()),
+            Phase::Command => {
+                self.tracker.awaiting_client() || (self.current.is_none() && self.queue.is_empty())
+            }
             _ => false,
         };
         if !may_read {
             return false;
         }
-        let Some((seq, payload)) = self.cin.take() else {
+        let Some(Logical {
+            seq,
+            last_seq,
+            payload,
+        }) = self.cin.take()
+        else {
             return self.oversized(self.cin.len(), out);
         };
-        self.client_seq = seq;
+        self.client_seq = last_seq;
         match self.phase {
             Phase::ClientAuth => self.on_login(payload, out),
             Phase::AuthRelay => {
@@ -552,7 +636,7 @@ impl Session {
                 frame(seq, &payload, &mut bytes);
                 out.push(Out::Backend(bytes));
             }
-            _ if self.infile => self.on_infile_data(seq, payload, out),
+            _ if self.tracker.awaiting_client() => self.on_client_data(seq, payload, out),
             _ => self.on_command(payload, now, out),
         }
         true
@@ -632,12 +716,11 @@ impl Session {
         self.query_decided(Decision::none(0), Some(payload), now, out);
     }
 
-    fn on_infile_data(&mut self, seq: u8, payload: Vec<u8>, out: &mut Vec<Out>) {
-        if let Err(e) = self.tracker.on_client_packet(&head(&payload, seq)) {
+    /// Data the server asked the client for (LOAD DATA LOCAL contents, a COM_CHANGE_USER's
+    /// authentication answers): to the server as it is.
+    fn on_client_data(&mut self, seq: u8, payload: Vec<u8>, out: &mut Vec<Out>) {
+        if let Err(e) = track_client(&mut self.tracker, &payload, seq) {
             return self.fail(out, seq.wrapping_add(1), &format!("ringproxy: {e}"));
-        }
-        if payload.is_empty() {
-            self.infile = false;
         }
         let mut bytes = Vec::new();
         frame(seq, &payload, &mut bytes);
@@ -645,7 +728,7 @@ impl Session {
     }
 
     fn on_response_packet(&mut self, seq: u8, payload: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
-        let kind = self.tracker.on_server_packet(&head(&payload, seq));
+        let kind = track_server(&mut self.tracker, &payload, seq);
         let Some(cur) = self.current.as_mut() else {
             let seq = self.client_seq.wrapping_add(1);
             return self.fail(
@@ -656,6 +739,13 @@ impl Session {
         };
         cur.first_at.get_or_insert(now);
         cur.bytes += payload.len() + 4;
+        if cur.held && matches!(kind, Ok(ServerPacket::AwaitClient)) {
+            // LOAD DATA LOCAL: the client must answer the server, so what was held goes to it
+            // now and the rest of this result streams (read_query_result is not called for it).
+            cur.held = false;
+            self.cout
+                .extend(frame_all(1, &std::mem::take(&mut cur.packets)));
+        }
         if cur.held {
             if cur.bytes > RESULT_MAX {
                 return self.fail(out, 1, "ringproxy: result too large for read_query_result");
@@ -666,7 +756,7 @@ impl Session {
         }
         match kind {
             Ok(ServerPacket::Part) => {}
-            Ok(ServerPacket::AwaitClient) => self.infile = true,
+            Ok(ServerPacket::AwaitClient) => {}
             Ok(ServerPacket::ResponseEnd { .. }) => self.response_ended(now, out),
             Ok(ServerPacket::Unsolicited { .. }) | Err(_) => {
                 let seq = self.client_seq.wrapping_add(1);
@@ -733,17 +823,48 @@ mod tests {
             .collect()
     }
 
+    fn logical(seq: u8, last_seq: u8, payload: &[u8]) -> Option<Logical> {
+        Some(Logical {
+            seq,
+            last_seq,
+            payload: payload.to_vec(),
+        })
+    }
+
     #[test]
     fn packets_are_taken_whole_across_chunks() {
         let mut b = InBuf::default();
         b.push(&[3, 0, 0, 7, b'a']);
         assert_eq!(b.take(), None);
         b.push(&[b'b', b'c', 1, 0]);
-        assert_eq!(b.take(), Some((7, b"abc".to_vec())));
+        assert_eq!(b.take(), logical(7, 7, b"abc"));
         assert_eq!(b.take(), None);
         b.push(&[0, 9, b'z']);
-        assert_eq!(b.take(), Some((9, b"z".to_vec())));
+        assert_eq!(b.take(), logical(9, 9, b"z"));
         assert_eq!(b.len(), 0);
+    }
+
+    #[test]
+    fn packets_of_16_mib_and_more_are_joined_and_split_again() {
+        let payload: Vec<u8> = (0..MAX_PAYLOAD_LEN + 10).map(|i| i as u8).collect();
+        let mut wire = Vec::new();
+        assert_eq!(write_packet(&mut wire, 3, &payload), 5);
+        let mut b = InBuf::default();
+        b.push(&wire[..MAX_PAYLOAD_LEN]);
+        assert_eq!(b.take(), None);
+        b.push(&wire[MAX_PAYLOAD_LEN..]);
+        assert_eq!(b.take(), logical(3, 4, &payload));
+        assert_eq!(
+            pieces(&payload).map(<[u8]>::len).collect::<Vec<_>>(),
+            [MAX_PAYLOAD_LEN, 10]
+        );
+        // Exactly 0xFF_FFFF bytes: an empty packet ends it.
+        let exact = vec![1u8; MAX_PAYLOAD_LEN];
+        assert_eq!(
+            pieces(&exact).map(<[u8]>::len).collect::<Vec<_>>(),
+            [MAX_PAYLOAD_LEN, 0]
+        );
+        assert_eq!(frame_all(1, &[exact]).len(), MAX_PAYLOAD_LEN + 8);
     }
 
     #[test]

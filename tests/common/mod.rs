@@ -233,15 +233,31 @@ pub enum Target {
     Direct,
     /// Through a fresh `ringproxy` in front of MariaDB.
     Proxy,
+    /// Through a fresh `ringproxy` running `tests/lua/observe.lua`: every hook, every query's
+    /// result through read_query_result (the scripted sessions' whole path).
+    Scripted,
 }
 
 impl Target {
-    /// `RINGPROXY_TEST_TARGET=direct` selects `Direct`; anything else (or unset) `Proxy`.
+    /// `RINGPROXY_TEST_TARGET=direct` selects `Direct`, `scripted` `Scripted`; `proxy` (or
+    /// unset) `Proxy`. A test binary whose name has `_scripted` (tests/passthrough_scripted.rs) defaults to
+    /// `Scripted`.
     pub fn from_env() -> Target {
+        let scripted_binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().contains("_scripted"))
+            })
+            .unwrap_or(false);
         match std::env::var("RINGPROXY_TEST_TARGET").as_deref() {
             Ok("direct") => Target::Direct,
+            Ok("scripted") => Target::Scripted,
+            Err(_) if scripted_binary => Target::Scripted,
             Ok("proxy") | Err(_) => Target::Proxy,
-            Ok(other) => panic!("RINGPROXY_TEST_TARGET must be `direct` or `proxy`, not {other:?}"),
+            Ok(other) => panic!(
+                "RINGPROXY_TEST_TARGET must be `direct`, `proxy` or `scripted`, not {other:?}"
+            ),
         }
     }
 }
@@ -271,8 +287,14 @@ impl Endpoint {
                 db,
                 proxy: None,
             },
-            Target::Proxy => {
-                let proxy = Proxy::start(db.port, extra_args);
+            Target::Proxy | Target::Scripted => {
+                let script = workspace_root().join("tests/lua/observe.lua");
+                let script = script.to_string_lossy().into_owned();
+                let mut args = extra_args.to_vec();
+                if target == Target::Scripted {
+                    args.extend(["--proxy-lua-script", script.as_str()]);
+                }
+                let proxy = Proxy::start(db.port, &args);
                 Endpoint {
                     port: proxy.port,
                     db,
