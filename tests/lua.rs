@@ -758,6 +758,18 @@ function read_query(packet)
     proxy.response = { type = proxy.MYSQLD_PACKET_ERR, errmsg = "no drops", errcode = 1142 }
     return proxy.PROXY_SEND_RESULT
   end
+  if q == "SELECT 'hidden'" then
+    proxy.queries:append(2, string.char(proxy.COM_QUERY) .. "SELECT 'secret', @mine",
+                         { resultset_is_needed = true })
+    proxy.queries:append(1, packet, { resultset_is_needed = true })
+    return proxy.PROXY_SEND_QUERY
+  end
+end
+function read_query_result(inj)
+  if inj.id == 2 then
+    for row in inj.resultset.rows do print("pooled hidden", row[1], row[2]) end
+    return proxy.PROXY_IGNORE_RESULT
+  end
 end
 function disconnect_client() print("pooled disconnect", proxy.connection.client.username) end
 "#;
@@ -793,6 +805,9 @@ fn read_query_runs_on_pooled_listeners_and_state_stays_per_session() {
                     assert_eq!(mine, Some(i), "session state moved with the session");
                     let err = server_error(c.query_drop("DROP TABLE nothing"));
                     assert_eq!(err.code, 1142);
+                    // An injected query's result, hidden by read_query_result.
+                    let shown: Vec<String> = c.query("SELECT 'hidden'").unwrap();
+                    assert_eq!(shown, vec!["hidden".to_string()]);
                 }
             })
         })
@@ -806,6 +821,12 @@ fn read_query_runs_on_pooled_listeners_and_state_stays_per_session() {
         "{}",
         tail(&log, 20)
     );
+    for i in 0..6 {
+        let seen = log
+            .matches(&format!("pooled hidden\tsecret\t{i}\n"))
+            .count();
+        assert_eq!(seen, 20, "session {i}'s hidden rows:\n{}", tail(&log, 20));
+    }
     assert!(
         log.contains(&format!(
             "pooled read_query\t{NATIVE_USER}\t{DB}\tSELECT 'who'"

@@ -1334,11 +1334,16 @@ impl Pooled {
                 Action::SendBackend(v) => io.send_owned(bsock, v),
                 Action::SendPeer(v) => {
                     if let Some(sid) = session {
-                        self.send_client(io, sid, v, Some(bsock));
+                        if !self.captured(sid, &v, io.now()) {
+                            self.send_client(io, sid, v, Some(bsock));
+                        }
                     }
                 }
                 Action::Forward { from, to } => {
                     let Some(sid) = session else { continue };
+                    if self.captured(sid, &data[from..to], io.now()) {
+                        continue;
+                    }
                     let Some(s) = self.sessions.get(sid.0).filter(|s| !s.closed) else {
                         continue;
                     };
@@ -1520,6 +1525,7 @@ impl Pooled {
             b.session = None;
             self.give_back(io, bid, false);
         }
+        self.script_result(io, sid);
         self.unpause(io, sid);
         self.drive(io, sid);
     }

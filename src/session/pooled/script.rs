@@ -7,18 +7,25 @@
 //! backend's connections (read/write splitting), except while the session holds a connection
 //! (a transaction, a lock...): its commands stay there.
 //!
+//! An injected query's result, when the script defines read_query_result, is captured (the
+//! bytes the client would get) and given to it once the command is done (the session's state
+//! was updated from it as from any command), then forwarded, replaced or hidden as it decides.
+//!
 //! The proxy authenticated the client itself and picks backend connections from its pool, so
 //! the hooks of the connection phase (connect_server, read_handshake, read_auth,
-//! read_auth_result) are not called, nor is read_query_result: injected queries' results go to
-//! the client. The environment is made at the end of the login; disconnect_client runs when the
-//! session ends.
+//! read_auth_result) are not called. The environment is made at the end of the login;
+//! disconnect_client runs when the session ends.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use super::{Pooled, Session};
 use crate::protocol::constants::COM_QUIT;
 use crate::runtime::Io;
-use crate::script::{Call, ConnInfo, Decision, Hook, HookName, Hooks, Ret, Update};
+use crate::script::session::RESULT_MAX;
+use crate::script::{
+    Call, ConnInfo, Decision, Hook, HookName, Hooks, Injected, Injection, Ret, Update,
+};
 use crate::session::{Owner, PooledId};
 
 /// A pooled session's scripting state.
@@ -30,8 +37,22 @@ pub(super) struct SessionScript {
     /// The command read_query was called with (sequence id, payload).
     held: Option<(u8, Vec<u8>)>,
     /// Commands that run without going through read_query again: the held one after no
-    /// decision, then the script's injections.
-    ready: VecDeque<(u8, Vec<u8>)>,
+    /// decision, then the script's injections (with what read_query_result needs of them).
+    ready: VecDeque<(u8, Vec<u8>, Option<Injection>)>,
+    /// The result of the running injection, being captured for read_query_result.
+    capture: Option<Capture>,
+    /// A captured result whose read_query_result call is out (its bytes, framed for the client).
+    result: Option<Vec<u8>>,
+}
+
+/// An injected query's result, as the client would get it.
+#[derive(Debug)]
+pub(super) struct Capture {
+    inj: Injection,
+    sent_at: Instant,
+    first_at: Option<Instant>,
+    bytes: Vec<u8>,
+    too_big: bool,
 }
 
 /// What a session does next.
@@ -50,7 +71,16 @@ impl SessionScript {
         if self.awaiting {
             return Next::Wait;
         }
-        if let Some((seq, payload)) = self.ready.pop_front() {
+        if let Some((seq, payload, inj)) = self.ready.pop_front() {
+            if let Some(inj) = inj.filter(|_| self.hooks.has(HookName::ReadQueryResult)) {
+                self.capture = Some(Capture {
+                    inj,
+                    sent_at: Instant::now(),
+                    first_at: None,
+                    bytes: Vec::new(),
+                    too_big: false,
+                });
+            }
             return Next::Run(seq, payload);
         }
         let Some((seq, payload)) = queue.pop_front() else {
@@ -151,6 +181,9 @@ impl Pooled {
             return;
         };
         script.awaiting = false;
+        if let Some(bytes) = script.result.take() {
+            return self.result_decided(io, sid, bytes, d);
+        }
         let Some((seq, payload)) = script.held.take() else {
             script.hooks = d.hooks;
             return self.drive(io, sid);
@@ -158,25 +191,130 @@ impl Pooled {
         s.route = d.backend_ndx.filter(|&i| i < self.shared.backends.len());
         match (d.ret, d.response) {
             (Ret::SendResult, Some(packets)) => {
-                let mut out = Vec::new();
-                for (i, p) in packets.iter().enumerate() {
-                    crate::protocol::framing::write_packet(
-                        &mut out,
-                        seq.wrapping_add(1 + i as u8),
-                        p,
-                    );
-                }
-                self.send_client(io, sid, out, None);
+                self.send_client(io, sid, frame_all(seq.wrapping_add(1), &packets), None);
                 if payload.first() == Some(&COM_QUIT) {
                     return self.close_session(io, sid, true);
                 }
             }
             (Ret::SendQuery, _) if !d.queries.is_empty() => {
-                let ready = d.queries.into_iter().map(|q| (seq, q.packet));
+                let ready = d
+                    .queries
+                    .into_iter()
+                    .map(|q| (seq, q.packet.clone(), Some(q)));
                 script.ready.extend(ready);
             }
-            _ => script.ready.push_back((seq, payload)),
+            _ => script.ready.push_back((seq, payload, None)),
         }
         self.drive(io, sid);
     }
+
+    /// read_query_result decided about a captured result: it goes to the client, is replaced
+    /// or dropped; queries the hook appended run next.
+    fn result_decided(&mut self, io: &mut Io, sid: PooledId, bytes: Vec<u8>, d: Decision) {
+        match (d.ret, d.response) {
+            (Ret::IgnoreResult, _) => {}
+            (Ret::SendResult, Some(packets)) => {
+                self.send_client(io, sid, frame_all(1, &packets), None)
+            }
+            _ => self.send_client(io, sid, bytes, None),
+        }
+        if let Some(script) = self.sessions.get_mut(sid.0).and_then(|s| s.script.as_mut()) {
+            let ready = d
+                .queries
+                .into_iter()
+                .map(|q| (0, q.packet.clone(), Some(q)));
+            script.ready.extend(ready);
+        }
+        self.drive(io, sid);
+    }
+
+    /// Bytes for the client of session `sid`'s running command: kept instead when its result is
+    /// being captured for read_query_result (true), else left to the caller to send (false).
+    pub(super) fn captured(&mut self, sid: PooledId, bytes: &[u8], now: Instant) -> bool {
+        let capture = self
+            .sessions
+            .get_mut(sid.0)
+            .and_then(|s| s.script.as_mut())
+            .and_then(|x| x.capture.as_mut());
+        let Some(c) = capture else {
+            return false;
+        };
+        c.first_at.get_or_insert(now);
+        if c.bytes.len() + bytes.len() > RESULT_MAX {
+            c.too_big = true;
+        } else {
+            c.bytes.extend_from_slice(bytes);
+        }
+        true
+    }
+
+    /// The running command is done: a captured result goes to read_query_result (the session
+    /// takes no command until its decision).
+    pub(super) fn script_result(&mut self, io: &mut Io, sid: PooledId) {
+        let Some(s) = self.sessions.get_mut(sid.0) else {
+            return;
+        };
+        let caps = s.client.caps;
+        let Some(script) = s.script.as_mut() else {
+            return;
+        };
+        let Some(c) = script.capture.take() else {
+            return;
+        };
+        if c.too_big {
+            let e =
+                crate::error::Error::client_protocol("a result too large for read_query_result");
+            return self.end_session(io, sid, Some(e));
+        }
+        let now = io.now();
+        let inj = Injected {
+            id: c.inj.id,
+            query: c.inj.packet,
+            resultset_is_needed: c.inj.resultset_is_needed,
+            query_time_us: micros(c.first_at.unwrap_or(now) - c.sent_at),
+            response_time_us: micros(now - c.sent_at),
+            packets: payloads(&c.bytes),
+            caps,
+        };
+        script.result = Some(c.bytes);
+        script.awaiting = true;
+        self.calls.push(Call {
+            conn: Owner::Pooled(sid).token(),
+            hook: Hook::Result(Box::new(inj)),
+            updates: Vec::new(),
+        });
+    }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+/// Framed packets (sequence ids from `first_seq`) of payloads.
+fn frame_all(first_seq: u8, packets: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut seq = first_seq;
+    for p in packets {
+        seq = crate::protocol::framing::write_packet(&mut out, seq, p);
+    }
+    out
+}
+
+/// The payloads of framed packets (continuations joined).
+fn payloads(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut joining = false;
+    while bytes.len() >= 4 {
+        let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]) as usize;
+        let Some(payload) = bytes.get(4..4 + len) else {
+            break;
+        };
+        match (joining, out.last_mut()) {
+            (true, Some(last)) => last.extend_from_slice(payload),
+            _ => out.push(payload.to_vec()),
+        }
+        joining = len == crate::protocol::constants::MAX_PAYLOAD_LEN;
+        bytes = &bytes[4 + len..];
+    }
+    out
 }
