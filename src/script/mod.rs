@@ -1,7 +1,9 @@
 //! Lua scripting with MySQL Proxy 0.8's hook API: a script loaded from `lua_script` sees every
 //! phase of a pass-through session (connect_server, read_handshake, read_auth,
 //! read_auth_result, read_query, read_query_result, disconnect_client) and can forward,
-//! rewrite, inject queries, answer from the proxy, or hide results.
+//! rewrite, inject queries, answer from the proxy, or hide results. On pooled listeners it sees
+//! each command (read_query, read_query_result, disconnect_client; routing by backend_ndx): see
+//! `crate::session::pooled`'s `script` module.
 //!
 //! Layers, from the wire up:
 //! - [`session`]: one scripted session (a client, at most one backend connection) as an

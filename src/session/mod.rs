@@ -9,13 +9,15 @@
 //!   retiring), which owns the response tracker.
 //! - [`proxy`]: [`Proxy`], the worker's service: the connection tables, the prewarmed backend
 //!   connections, limits and timeouts, and the I/O for the machines' actions; it hands pooled
-//!   listeners' events to [`pooled`].
+//!   listeners' events to [`pooled`], and, with a Lua script, pass-through listeners' events to
+//!   [`crate::script`]'s scripted sessions and every session's hook calls to the executor.
 //!
 //! Pooled (ProxySQL style): the proxy authenticates the client and runs its commands on
 //! connections of a per-worker pool, tracking and replaying the session's state.
 //! - [`pooled_client`]: the client side (own greeting, server-side auth, command packets).
 //! - [`pooled_backend`]: a pooled backend connection (login, tracking setup, jobs).
-//! - [`pooled`]: the sessions, the pool and its waiters, pins, and the glue of both.
+//! - [`pooled`]: the sessions, the pool and its waiters, pins, and the glue of both (with a
+//!   script, its `script` submodule runs each command through read_query/read_query_result).
 //! - [`pool`], [`state`], [`relay`], [`pooled_stmt`], [`users`]: the pool's bookkeeping, session
 //!   state and its replay, the packet relay, prepared statements, and the users pooled
 //!   listeners accept (from the configuration and the backends).

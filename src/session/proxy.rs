@@ -2,7 +2,9 @@
 //! connection tables and its prewarmed backend connections, turns runtime events into steps of
 //! the connection machines ([`super::client`], [`super::backend`]) and carries out the actions
 //! they return: sends (zero-copy forwards of received buffers, owned bytes for handshakes and
-//! errors), backpressure, stalls, and the end of sessions.
+//! errors), backpressure, stalls, and the end of sessions. It also owns the worker's Lua
+//! executor (with a script): once per loop turn it hands the executor the hook calls of the
+//! scripted sessions ([`crate::script::part`]) and the pooled ones, and routes the decisions back.
 //!
 //! Limits and protections that live here: `max_connections` and the per-source limit (a client
 //! counts until its socket is released, lingering included), the fixed-file reserve, the memory
