@@ -1058,3 +1058,53 @@ fn inj_resultset_fields_of_ok_err_and_warnings() {
     drop(c);
     proxy.finish();
 }
+
+const STMT_LOG: &str = r#"
+local proto = require("mysql.proto")
+local params = {}
+function read_query(packet)
+  local cmd = packet:byte()
+  if cmd == proxy.COM_STMT_PREPARE then
+    print("prepare", proto.from_stmt_prepare_packet(packet).stmt_text)
+    proxy.queries:append(1, packet, { resultset_is_needed = true })
+    return proxy.PROXY_SEND_QUERY
+  elseif cmd == proxy.COM_STMT_EXECUTE then
+    local id = proto.stmt_id_from_stmt_execute_packet(packet)
+    local e = proto.from_stmt_execute_packet(packet, params[id] or 0)
+    local shown = {}
+    for i, p in ipairs(e.params or {}) do shown[i] = p.type .. "=" .. tostring(p.value) end
+    print("execute", e.stmt_id == id, tostring(e.new_params_bound), table.concat(shown, ","))
+  elseif cmd == proxy.COM_STMT_CLOSE then
+    print("close", proto.from_stmt_close_packet(packet).stmt_id)
+  end
+end
+function read_query_result(inj)
+  local ok = proto.from_stmt_prepare_ok_packet(inj.resultset.raw)
+  params[ok.stmt_id] = ok.num_params
+  print("prepared", ok.num_params, ok.num_columns)
+end
+"#;
+
+#[test]
+fn mysql_proto_decodes_prepared_statement_packets() {
+    let db = MariaDb::shared();
+    let script = Script::new(STMT_LOG);
+    let proxy = start(db, script.arg(), &[]);
+    let mut c = db.conn(proxy.port);
+    let stmt = c.prep("SELECT ?, ?, ?, ?").unwrap();
+    let row: Option<(Option<i64>, f64, String, Option<String>)> = c
+        .exec_first(&stmt, (-5i64, 2.5f64, "text", None::<String>))
+        .unwrap();
+    assert_eq!(row, Some((Some(-5), 2.5, "text".into(), None)));
+    c.close(stmt).unwrap();
+    let log = wait_for_log(&proxy, "close\t");
+    for line in [
+        "prepare\tSELECT ?, ?, ?, ?\n",
+        "prepared\t4\t4\n",
+        "execute\ttrue\ttrue\t8=-5,5=2.5,253=text,6=nil\n",
+    ] {
+        assert!(log.contains(line), "{line:?} not in:\n{}", tail(&log, 10));
+    }
+    drop(c);
+    proxy.finish();
+}

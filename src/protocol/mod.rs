@@ -3,6 +3,7 @@
 //!
 //! - [`auth`]: authentication plugins' answers (native, caching_sha2 fast path) and checks.
 //! - [`auth_server`]: authentication, server side: credentials, checks, the login state machine.
+//! - [`binary`]: the binary protocol's parameter values (COM_STMT_EXECUTE), decoded.
 //! - [`cursor`]: the one bounds-checked reader (fixed ints, length-encoded ints and strings).
 //! - [`framing`]: packet headers, 16 MiB continuation packets, the streaming packet splitter.
 //! - [`handshake`]: HandshakeV10, HandshakeResponse41, AuthSwitchRequest, AuthMoreData.
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod auth_server;
+pub mod binary;
 pub mod command;
 pub mod compress;
 pub mod constants;

@@ -9,6 +9,7 @@ use mlua::{Lua, Table, Value};
 
 use super::api::err_payload;
 use crate::protocol::auth;
+use crate::protocol::binary;
 use crate::protocol::constants::*;
 use crate::protocol::cursor::Cursor;
 use crate::protocol::handshake::{self, HandshakeResponse41, HandshakeV10};
@@ -110,7 +111,100 @@ fn proto(lua: &Lua) -> LuaResult<Table> {
     )?;
     m.set("to_response_packet", lua.create_function(to_response)?)?;
     m.set("from_response_packet", lua.create_function(from_response)?)?;
+    stmt_functions(lua, &m)?;
     Ok(m)
+}
+
+/// `mysql.proto`'s prepared-statement decoders: `from_stmt_prepare_packet` ({stmt_text}),
+/// `from_stmt_prepare_ok_packet` ({stmt_id, num_columns, num_params, warnings}),
+/// `stmt_id_from_stmt_execute_packet`, `from_stmt_execute_packet(packet, num_params)`
+/// ({stmt_id, flags, iteration_count, new_params_bound, params = {{type, value}...}}; `params`
+/// is nil when the client did not send the types again) and `from_stmt_close_packet`
+/// ({stmt_id}). Packets are payloads with their command byte.
+fn stmt_functions(lua: &Lua, m: &Table) -> LuaResult<()> {
+    m.set(
+        "from_stmt_prepare_packet",
+        lua.create_function(|lua, s: mlua::LuaString| {
+            let b = bytes_of(&s);
+            let t = lua.create_table()?;
+            t.set("stmt_text", lua.create_string(b.get(1..).unwrap_or(&[]))?)?;
+            Ok(t)
+        })?,
+    )?;
+    m.set(
+        "from_stmt_prepare_ok_packet",
+        lua.create_function(|lua, s: mlua::LuaString| {
+            let b = bytes_of(&s);
+            let mut c = Cursor::new(&b);
+            let bad = |e| bad("from_stmt_prepare_ok_packet", e);
+            let t = lua.create_table()?;
+            c.u8().map_err(bad)?;
+            t.set("stmt_id", c.u32_le().map_err(bad)?)?;
+            t.set("num_columns", c.u16_le().map_err(bad)?)?;
+            t.set("num_params", c.u16_le().map_err(bad)?)?;
+            c.u8().map_err(bad)?;
+            t.set("warnings", c.u16_le().unwrap_or(0))?;
+            Ok(t)
+        })?,
+    )?;
+    m.set(
+        "stmt_id_from_stmt_execute_packet",
+        lua.create_function(|_, s: mlua::LuaString| stmt_id(&bytes_of(&s)))?,
+    )?;
+    m.set(
+        "from_stmt_close_packet",
+        lua.create_function(|lua, s: mlua::LuaString| {
+            let t = lua.create_table()?;
+            t.set("stmt_id", stmt_id(&bytes_of(&s))?)?;
+            Ok(t)
+        })?,
+    )?;
+    m.set(
+        "from_stmt_execute_packet",
+        lua.create_function(from_execute)?,
+    )?;
+    Ok(())
+}
+
+fn stmt_id(b: &[u8]) -> LuaResult<u32> {
+    let mut c = Cursor::new(b);
+    c.u8().map_err(|e| bad("statement packet", e))?;
+    c.u32_le().map_err(|e| bad("statement packet", e))
+}
+
+fn from_execute(lua: &Lua, (s, num_params): (mlua::LuaString, usize)) -> LuaResult<Table> {
+    let b = bytes_of(&s);
+    let bad = |e| bad("from_stmt_execute_packet", e);
+    let mut c = Cursor::new(&b);
+    c.u8().map_err(bad)?;
+    let t = lua.create_table()?;
+    t.set("stmt_id", c.u32_le().map_err(bad)?)?;
+    t.set("flags", c.u8().map_err(bad)?)?;
+    t.set("iteration_count", c.u32_le().map_err(bad)?)?;
+    let rest = c.rest();
+    let Some(params) = binary::decode_params(rest, num_params).map_err(bad)? else {
+        t.set("new_params_bound", false)?;
+        return Ok(t);
+    };
+    t.set("new_params_bound", true)?;
+    let list = lua.create_table_with_capacity(params.len(), 0)?;
+    for (i, (kind, unsigned, value)) in params.into_iter().enumerate() {
+        let p = lua.create_table()?;
+        p.set("type", kind)?;
+        p.set("unsigned", unsigned)?;
+        let v = match value {
+            binary::Param::Null => Value::Nil,
+            binary::Param::Int(n) => Value::Integer(n),
+            binary::Param::UInt(n) => Value::Number(n as f64),
+            binary::Param::Double(f) => Value::Number(f),
+            binary::Param::Bytes(b) => Value::String(lua.create_string(b)?),
+            binary::Param::Text(t) => Value::String(lua.create_string(t)?),
+        };
+        p.set("value", v)?;
+        list.set(i + 1, p)?;
+    }
+    t.set("params", list)?;
+    Ok(t)
 }
 
 fn from_err(lua: &Lua, s: mlua::LuaString) -> LuaResult<Table> {
