@@ -1074,11 +1074,19 @@ function read_query(packet)
     local shown = {}
     for i, p in ipairs(e.params or {}) do shown[i] = p.type .. "=" .. tostring(p.value) end
     print("execute", e.stmt_id == id, tostring(e.new_params_bound), table.concat(shown, ","))
+    proxy.queries:append(2, packet, { resultset_is_needed = true })
+    return proxy.PROXY_SEND_QUERY
   elseif cmd == proxy.COM_STMT_CLOSE then
     print("close", proto.from_stmt_close_packet(packet).stmt_id)
   end
 end
 function read_query_result(inj)
+  if inj.id == 2 then
+    for row in inj.resultset.rows do
+      print("binary row", row[1], row[2], row[3], tostring(row[4]), inj.resultset.fields[1].type)
+    end
+    return
+  end
   local ok = proto.from_stmt_prepare_ok_packet(inj.resultset.raw)
   params[ok.stmt_id] = ok.num_params
   print("prepared", ok.num_params, ok.num_columns)
@@ -1086,7 +1094,7 @@ end
 "#;
 
 #[test]
-fn mysql_proto_decodes_prepared_statement_packets() {
+fn mysql_proto_decodes_prepared_statement_packets_and_binary_rows() {
     let db = MariaDb::shared();
     let script = Script::new(STMT_LOG);
     let proxy = start(db, script.arg(), &[]);
@@ -1102,6 +1110,7 @@ fn mysql_proto_decodes_prepared_statement_packets() {
         "prepare\tSELECT ?, ?, ?, ?\n",
         "prepared\t4\t4\n",
         "execute\ttrue\ttrue\t8=-5,5=2.5,253=text,6=nil\n",
+        "binary row\t-5\t2.5\ttext\tnil\t8\n",
     ] {
         assert!(log.contains(line), "{line:?} not in:\n{}", tail(&log, 10));
     }

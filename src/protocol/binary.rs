@@ -1,6 +1,7 @@
-//! The binary protocol's parameter values, as a COM_STMT_EXECUTE carries them: the NULL bitmap,
-//! the new-params-bound flag, the parameter types and the values (integers, floats, length-encoded
-//! strings, dates and times), decoded for scripts (`mysql.proto.from_stmt_execute_packet`).
+//! The binary protocol's values: a COM_STMT_EXECUTE's parameters (the NULL bitmap, the
+//! new-params-bound flag, the types, the values) and the values of binary rows (integers,
+//! floats, length-encoded strings, dates and times), decoded for scripts
+//! (`mysql.proto.from_stmt_execute_packet`, `inj.resultset.rows`).
 
 use super::constants::*;
 use super::cursor::Cursor;
@@ -46,7 +47,7 @@ pub fn decode_params(params: &[u8], n: usize) -> Result<Option<Vec<Typed<'_>>>> 
         let value = if null {
             Param::Null
         } else {
-            value(&mut c, kind, unsigned)?
+            decode_value(&mut c, kind, unsigned)?
         };
         out.push((kind, unsigned, value));
     }
@@ -61,7 +62,8 @@ fn int(v: i64, u: u64, unsigned: bool) -> Param<'static> {
     }
 }
 
-fn value<'a>(c: &mut Cursor<'a>, kind: u8, unsigned: bool) -> Result<Param<'a>> {
+/// One value of type `kind` in the binary protocol (parameters and binary rows alike).
+pub fn decode_value<'a>(c: &mut Cursor<'a>, kind: u8, unsigned: bool) -> Result<Param<'a>> {
     Ok(match kind {
         MYSQL_TYPE_NULL => Param::Null,
         MYSQL_TYPE_TINY => {

@@ -120,6 +120,9 @@ pub const ER_SERVER_SHUTDOWN: u16 = 1053;
 pub const ER_PROXY_BACKEND_UNREACHABLE: u16 = 9001;
 
 // ---- column types ----
+/// Column definition flag: an unsigned numeric column.
+pub const UNSIGNED_FLAG: u16 = 0x20;
+
 pub const MYSQL_TYPE_DECIMAL: u8 = 0x00;
 pub const MYSQL_TYPE_TINY: u8 = 0x01;
 pub const MYSQL_TYPE_SHORT: u8 = 0x02;

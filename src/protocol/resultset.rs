@@ -1,7 +1,9 @@
-//! Text resultsets as whole packets: encoding one the proxy generates (column definitions, rows,
-//! EOF terminators, as a client without `CLIENT_DEPRECATE_EOF` expects), and decoding one a server
-//! sent into its columns and rows (the first result of a response; text protocol only).
+//! Resultsets as whole packets: encoding a text resultset the proxy generates (column
+//! definitions, rows, EOF terminators, as a client without `CLIENT_DEPRECATE_EOF` expects), and
+//! decoding one a server sent into its columns and rows (the first result of a response; text
+//! rows, or binary rows given in their text form).
 
+use super::binary::{self, Param};
 use super::constants::*;
 use super::cursor::{put_lenenc_bytes, put_lenenc_int, Cursor};
 use super::error::Result;
@@ -81,9 +83,20 @@ pub fn eof_payload(status: u16) -> Vec<u8> {
     p
 }
 
-/// Decodes the response payloads `packets` of a text command (`COM_QUERY`) for a connection
-/// with `caps`. A resultset's rows are decoded when `rows` is true.
-pub fn decode(packets: &[Vec<u8>], caps: u32, rows: bool) -> Result<Decoded> {
+/// How a resultset's rows are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Not decoded (counted only).
+    Skip,
+    /// Text protocol (COM_QUERY).
+    Text,
+    /// Binary protocol (COM_STMT_EXECUTE): values are given in their text form.
+    Binary,
+}
+
+/// Decodes the response payloads `packets` for a connection with `caps`; a resultset's rows as
+/// `rows` says.
+pub fn decode(packets: &[Vec<u8>], caps: u32, rows: Rows) -> Result<Decoded> {
     let mut d = Decoded::default();
     let Some(first) = packets.first() else {
         return Ok(d);
@@ -108,10 +121,11 @@ pub fn decode(packets: &[Vec<u8>], caps: u32, rows: bool) -> Result<Decoded> {
     Ok(d)
 }
 
-fn decode_resultset(packets: &[Vec<u8>], caps: u32, rows: bool, d: &mut Decoded) -> Result<()> {
+fn decode_resultset(packets: &[Vec<u8>], caps: u32, rows: Rows, d: &mut Decoded) -> Result<()> {
     d.is_resultset = true;
     let n = Cursor::new(&packets[0]).lenenc_int()? as usize;
     let mut at = 1;
+    let mut unsigned = Vec::with_capacity(n);
     for p in packets.iter().skip(1).take(n) {
         let mut c = Cursor::new(p);
         for _ in 0..4 {
@@ -122,6 +136,7 @@ fn decode_resultset(packets: &[Vec<u8>], caps: u32, rows: bool, d: &mut Decoded)
         c.lenenc_int()?;
         c.skip(2 + 4)?;
         let kind = c.u8()?;
+        unsigned.push(c.u16_le()? & UNSIGNED_FLAG != 0);
         d.columns.push(Column { name, kind });
         at += 1;
     }
@@ -133,11 +148,11 @@ fn decode_resultset(packets: &[Vec<u8>], caps: u32, rows: bool, d: &mut Decoded)
             end_of_rows(p, caps, d)?;
             break;
         }
-        if rows {
-            d.rows.push(decode_row(p, n)?);
-        } else {
-            d.rows.push(Vec::new());
-        }
+        d.rows.push(match rows {
+            Rows::Skip => Vec::new(),
+            Rows::Text => decode_row(p, n)?,
+            Rows::Binary => decode_binary_row(p, &d.columns, &unsigned)?,
+        });
     }
     Ok(())
 }
@@ -179,6 +194,35 @@ fn decode_row(p: &[u8], n: usize) -> Result<Vec<Option<Vec<u8>>>> {
     Ok(row)
 }
 
+/// A binary row (0x00, a NULL bitmap offset by 2, the values by column type), in text form.
+fn decode_binary_row(
+    p: &[u8],
+    columns: &[Column],
+    unsigned: &[bool],
+) -> Result<Vec<Option<Vec<u8>>>> {
+    let mut c = Cursor::new(p);
+    c.u8()?;
+    let nulls = c.bytes((columns.len() + 7 + 2) / 8)?;
+    let mut row = Vec::with_capacity(columns.len());
+    for (i, col) in columns.iter().enumerate() {
+        let bit = i + 2;
+        if nulls[bit / 8] & (1 << (bit % 8)) != 0 {
+            row.push(None);
+            continue;
+        }
+        let u = unsigned.get(i).copied().unwrap_or(false);
+        row.push(match binary::decode_value(&mut c, col.kind, u)? {
+            Param::Null => None,
+            Param::Int(v) => Some(v.to_string().into_bytes()),
+            Param::UInt(v) => Some(v.to_string().into_bytes()),
+            Param::Double(v) => Some(v.to_string().into_bytes()),
+            Param::Bytes(b) => Some(b.to_vec()),
+            Param::Text(t) => Some(t.into_bytes()),
+        });
+    }
+    Ok(row)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +245,7 @@ mod tests {
         ];
         let packets = encode(&cols, &rows, SERVER_STATUS_AUTOCOMMIT);
         assert_eq!(packets.len(), 1 + 2 + 1 + 2 + 1);
-        let d = decode(&packets, CLIENT_PROTOCOL_41, true).unwrap();
+        let d = decode(&packets, CLIENT_PROTOCOL_41, Rows::Text).unwrap();
         assert!(d.is_resultset);
         assert_eq!(d.columns, cols);
         assert_eq!(d.rows, rows);
@@ -211,11 +255,11 @@ mod tests {
     #[test]
     fn ok_and_err_decode() {
         let ok = vec![vec![0, 3, 7, 2, 0, 1, 0]];
-        let d = decode(&ok, CLIENT_PROTOCOL_41, true).unwrap();
+        let d = decode(&ok, CLIENT_PROTOCOL_41, Rows::Text).unwrap();
         assert_eq!((d.affected_rows, d.insert_id, d.warnings), (3, 7, 1));
         let mut err = vec![0xff, 0x28, 0x04, b'#'];
         err.extend_from_slice(b"42000oops");
-        let d = decode(&[err], CLIENT_PROTOCOL_41, true).unwrap();
+        let d = decode(&[err], CLIENT_PROTOCOL_41, Rows::Text).unwrap();
         assert_eq!((d.status_byte, d.error_code), (0xff, 1064));
         assert_eq!(d.error_message, b"oops");
     }

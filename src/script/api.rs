@@ -12,7 +12,7 @@ use super::{Injected, Injection};
 use crate::protocol::constants::*;
 use crate::protocol::handshake::{parse_handshake_response41, parse_handshake_v10};
 use crate::protocol::packets::{encode_err, encode_ok, ErrPacket, OkPacket};
-use crate::protocol::resultset::{self, Column};
+use crate::protocol::resultset::{self, Column, Rows};
 
 /// `proxy.MYSQLD_PACKET_*`.
 pub const MYSQLD_PACKET_OK: i64 = 0;
@@ -162,8 +162,13 @@ fn resultset_table(lua: &Lua, inj: &Injected, rows_iter: &mlua::Function) -> Lua
     if let Some(first) = inj.packets.first() {
         rs.set("raw", lua.create_string(first)?)?;
     }
-    let text = inj.query.first() == Some(&COM_QUERY);
-    let Ok(d) = resultset::decode(&inj.packets, inj.caps, text && inj.resultset_is_needed) else {
+    let rows = match inj.query.first() {
+        _ if !inj.resultset_is_needed => Rows::Skip,
+        Some(&COM_QUERY) => Rows::Text,
+        Some(&COM_STMT_EXECUTE) => Rows::Binary,
+        _ => Rows::Skip,
+    };
+    let Ok(d) = resultset::decode(&inj.packets, inj.caps, rows) else {
         return Ok(rs);
     };
     let status = if d.status_byte == ERR_HEADER {
@@ -184,7 +189,7 @@ fn resultset_table(lua: &Lua, inj: &Injected, rows_iter: &mlua::Function) -> Lua
     rs.set("flags", flags_table(lua, d.server_status)?)?;
     if d.is_resultset {
         rs.set("row_count", d.rows.len())?;
-        if inj.resultset_is_needed && text {
+        if rows != Rows::Skip {
             rs.set("fields", fields_table(lua, &d.columns)?)?;
             rs.set(
                 "rows",
