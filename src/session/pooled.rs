@@ -1603,19 +1603,21 @@ impl Pooled {
                 return self.attach(io, w.session, bid);
             }
         }
-        if let Some(w) = self.pool.first_waiter().filter(|w| {
+        if let Some(w) = self.pool.first_waiter() {
             let route = self.sessions.get(w.session.0).and_then(|s| s.route);
-            route.is_none_or(|r| Some(r) == server)
-        }) {
-            // Another user's session waits: this connection is logged in again as its user
-            // (same capabilities), or its room goes to it once the server has closed it (the
-            // session stays first in line).
-            if w.key.caps == key.caps {
+            if route.is_some_and(|r| Some(r) != server) {
+                // It waits for another backend's connection: this one's room does not help it.
+                self.pool.wait_first(w);
+            } else if w.key.caps == key.caps {
+                // Another user's session waits: this connection is logged in again as its user
+                // (same capabilities), or its room goes to it once the server has closed it
+                // (the session stays first in line).
                 return self.hand_over(io, bid, w.session, w.key);
+            } else {
+                io.stats.pool_closes += 1;
+                self.close_conn(io, bid);
+                return self.pool.wait_first(w);
             }
-            io.stats.pool_closes += 1;
-            self.close_conn(io, bid);
-            return self.pool.wait_first(w);
         }
         self.pool.put(key, bid);
         if let Some(t) = self.ps.idle_timeout {
