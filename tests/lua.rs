@@ -1117,3 +1117,53 @@ fn mysql_proto_decodes_prepared_statement_packets_and_binary_rows() {
     drop(c);
     proxy.finish();
 }
+
+const QUEUE_AND_MODULES: &str = r#"
+local helper = require("rp_helper")        -- from the script's own directory
+local extra = require("rp_extra")          -- from --lua-path
+function read_query(packet)
+  if packet:sub(2) ~= "SELECT 'queue'" then return end
+  proxy.queries:append(1, string.char(proxy.COM_QUERY) .. "SELECT 'dropped'")
+  proxy.queries:reset()
+  proxy.queries:append(3, string.char(proxy.COM_QUERY) .. "SELECT 'third'", { resultset_is_needed = true })
+  proxy.queries:prepend(2, string.char(proxy.COM_QUERY) .. "SELECT 'second'", { resultset_is_needed = true })
+  print("queue", proxy.queries:len(), helper.name, extra.name)
+  return proxy.PROXY_SEND_QUERY
+end
+function read_query_result(inj)
+  print("result of", inj.id)
+  if inj.id == 2 then return proxy.PROXY_IGNORE_RESULT end
+end
+"#;
+
+#[test]
+fn queue_methods_and_modules_from_the_script_dir_and_lua_path() {
+    let db = MariaDb::shared();
+    let script = Script::new(QUEUE_AND_MODULES);
+    std::fs::write(
+        script.dir.path().join("rp_helper.lua"),
+        "return { name = 'helper' }\n",
+    )
+    .unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    std::fs::write(
+        lib.path().join("rp_extra.lua"),
+        "return { name = 'extra' }\n",
+    )
+    .unwrap();
+    let lua_path = format!("{}/?.lua", lib.path().display());
+    let proxy = start(db, script.arg(), &["--lua-path", &lua_path]);
+    let mut c = db.conn(proxy.port);
+    let got: Vec<String> = c.query("SELECT 'queue'").unwrap();
+    assert_eq!(got, vec!["third".to_string()]);
+    let log = wait_for_log(&proxy, "result of\t3");
+    assert!(
+        log.contains("queue\t2\thelper\textra\n"),
+        "{}",
+        tail(&log, 10)
+    );
+    let order: Vec<&str> = log.lines().filter(|l| l.starts_with("result of")).collect();
+    assert_eq!(order, ["result of\t2", "result of\t3"]);
+    drop(c);
+    proxy.finish();
+}
