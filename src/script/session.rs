@@ -115,7 +115,8 @@ fn frame(seq: u8, payload: &[u8], out: &mut Vec<u8>) {
     write_packet(out, seq, payload);
 }
 
-fn frame_all(first_seq: u8, packets: &[Vec<u8>]) -> Vec<u8> {
+/// Payloads framed as packets, sequence ids from `first_seq` (16 MiB and more split).
+pub fn frame_all(first_seq: u8, packets: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(packets.iter().map(|p| p.len() + 4).sum());
     let mut seq = first_seq;
     for p in packets {
@@ -136,6 +137,13 @@ fn err_bytes(seq: u8, message: &str) -> Vec<u8> {
 struct InBuf {
     data: Vec<u8>,
     pos: usize,
+}
+
+/// The payloads of framed packets (continuations joined; an incomplete tail is ignored).
+pub fn payloads(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut b = InBuf::default();
+    b.push(bytes);
+    std::iter::from_fn(|| b.take().map(|l| l.payload)).collect()
 }
 
 impl InBuf {
@@ -791,7 +799,8 @@ impl Session {
     }
 }
 
-fn micros(d: std::time::Duration) -> u64 {
+/// A duration in microseconds (saturating).
+pub fn micros(d: std::time::Duration) -> u64 {
     d.as_micros().min(u128::from(u64::MAX)) as u64
 }
 

@@ -22,7 +22,7 @@ use std::time::Instant;
 use super::{Pooled, Session};
 use crate::protocol::constants::COM_QUIT;
 use crate::runtime::Io;
-use crate::script::session::RESULT_MAX;
+use crate::script::session::{frame_all, micros, payloads, RESULT_MAX};
 use crate::script::{
     Call, ConnInfo, Decision, Hook, HookName, Hooks, Injected, Injection, Ret, Update,
 };
@@ -284,37 +284,4 @@ impl Pooled {
             updates: Vec::new(),
         });
     }
-}
-
-fn micros(d: std::time::Duration) -> u64 {
-    d.as_micros().min(u128::from(u64::MAX)) as u64
-}
-
-/// Framed packets (sequence ids from `first_seq`) of payloads.
-fn frame_all(first_seq: u8, packets: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut seq = first_seq;
-    for p in packets {
-        seq = crate::protocol::framing::write_packet(&mut out, seq, p);
-    }
-    out
-}
-
-/// The payloads of framed packets (continuations joined).
-fn payloads(mut bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut joining = false;
-    while bytes.len() >= 4 {
-        let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], 0]) as usize;
-        let Some(payload) = bytes.get(4..4 + len) else {
-            break;
-        };
-        match (joining, out.last_mut()) {
-            (true, Some(last)) => last.extend_from_slice(payload),
-            _ => out.push(payload.to_vec()),
-        }
-        joining = len == crate::protocol::constants::MAX_PAYLOAD_LEN;
-        bytes = &bytes[4 + len..];
-    }
-    out
 }
