@@ -43,6 +43,9 @@ def loadgen(binary, workload, target, connections, duration, cpu_server=None, ex
     if p.returncode != 0:
         raise LoadFailed(f"loadgen exit {p.returncode}: errors {report.get('errors')}, connect "
                          f"{report.get('connect')}; stderr: {p.stderr.strip()[-400:]}")
+    if workload in ("qps", "rate", "pipeline") and not report.get("queries"):
+        raise LoadFailed(f"no query was answered in the measured phase (connect "
+                         f"{report.get('connect')}, errors {report.get('errors')})")
     report["_cpu_whole_run_s"] = None if cpu0 is None else cpu1 - cpu0
     return report
 
