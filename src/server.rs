@@ -131,26 +131,45 @@ pub fn start(config: &Config, shutdown: Arc<AtomicBool>) -> io::Result<Vec<Arc<S
 /// The counters as one JSON object: totals, each worker, and the heap allocations of the whole
 /// process when the counting allocator is built in (`null` otherwise).
 pub fn stats_json(stats: &[Arc<SharedStats>], uptime: Duration) -> String {
-    fn object(s: &WorkerStats) -> String {
-        let fields: Vec<String> = s
-            .fields()
-            .iter()
-            .map(|(k, v)| format!("\"{k}\":{v}"))
-            .collect();
-        format!("{{{}}}", fields.join(","))
+    use std::fmt::Write;
+    // Written into one string: this runs every second inside the process whose heap
+    // allocations bench/gate counts, so it makes a handful of them, not one per counter.
+    fn object(out: &mut String, s: &WorkerStats) {
+        out.push('{');
+        for (i, (k, v)) in s.fields().iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "\"{k}\":{v}");
+        }
+        out.push('}');
     }
     let per: Vec<WorkerStats> = stats.iter().map(|s| s.load()).collect();
     let total = spawn::sum(stats);
-    let allocations =
-        crate::alloc_count::allocations().map_or("null".to_string(), |n| n.to_string());
-    format!(
-        "{{\"uptime_s\":{:.3},\"workers\":{},\"allocations\":{},\"totals\":{},\"per_worker\":[{}]}}\n",
+    let mut out = String::with_capacity(8192);
+    let _ = write!(
+        out,
+        "{{\"uptime_s\":{:.3},\"workers\":{},\"allocations\":",
         uptime.as_secs_f64(),
-        per.len(),
-        allocations,
-        object(&total),
-        per.iter().map(object).collect::<Vec<_>>().join(",")
-    )
+        per.len()
+    );
+    match crate::alloc_count::allocations() {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"totals\":");
+    object(&mut out, &total);
+    out.push_str(",\"per_worker\":[");
+    for (i, w) in per.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        object(&mut out, w);
+    }
+    out.push_str("]}\n");
+    out
 }
 
 /// Writes [`stats_json`] to `path` atomically (a temp file renamed over it); failures are logged.
