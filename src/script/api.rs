@@ -39,7 +39,8 @@ fn number_text(n: f64) -> String {
     }
 }
 
-fn int(t: &Table, key: &str) -> LuaResult<Option<i64>> {
+/// A number field as an integer (None when absent or not a number).
+pub fn int(t: &Table, key: &str) -> LuaResult<Option<i64>> {
     Ok(match t.get::<Value>(key)? {
         Value::Integer(i) => Some(i),
         Value::Number(n) => Some(n as i64),
@@ -81,19 +82,25 @@ fn ok_response(resp: &Table) -> LuaResult<Vec<Vec<u8>>> {
     if let Some(rs) = resp.get::<Option<Table>>("resultset")? {
         return resultset_packets(&rs, status);
     }
-    let info = string(resp, "message")?.unwrap_or_default();
+    Ok(vec![ok_payload(resp)?])
+}
+
+/// An OK payload from `{affected_rows, insert_id, server_status, warnings, message}` (status
+/// defaults to autocommit).
+pub fn ok_payload(t: &Table) -> LuaResult<Vec<u8>> {
+    let info = string(t, "message")?.unwrap_or_default();
     let ok = OkPacket {
         header: OK_HEADER,
-        affected_rows: int(resp, "affected_rows")?.unwrap_or(0) as u64,
-        last_insert_id: int(resp, "insert_id")?.unwrap_or(0) as u64,
-        status,
-        warnings: int(resp, "warnings")?.unwrap_or(0) as u16,
+        affected_rows: int(t, "affected_rows")?.unwrap_or(0) as u64,
+        last_insert_id: int(t, "insert_id")?.unwrap_or(0) as u64,
+        status: int(t, "server_status")?.unwrap_or(SERVER_STATUS_AUTOCOMMIT as i64) as u16,
+        warnings: int(t, "warnings")?.unwrap_or(0) as u16,
         info: &info,
         session_state: None,
     };
     let mut p = Vec::new();
     encode_ok(&ok, CLIENT_PROTOCOL_41, &mut p);
-    Ok(vec![p])
+    Ok(p)
 }
 
 /// An ERR payload from `{errmsg, errcode|errno, sqlstate}` (MySQL Proxy's defaults: 1105/07000).

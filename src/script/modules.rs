@@ -7,15 +7,13 @@
 
 use mlua::{Lua, Table, Value};
 
-use super::api::err_payload;
+use super::api::{err_payload, int, ok_payload};
 use crate::protocol::auth;
 use crate::protocol::binary;
 use crate::protocol::constants::*;
 use crate::protocol::cursor::Cursor;
 use crate::protocol::handshake::{self, HandshakeResponse41, HandshakeV10};
-use crate::protocol::packets::{
-    encode_eof, encode_ok, parse_eof, parse_err, parse_ok, EofPacket, OkPacket,
-};
+use crate::protocol::packets::{encode_eof, parse_eof, parse_err, parse_ok, EofPacket};
 use crate::protocol::sql::{Lexer, Token};
 
 type LuaResult<T> = mlua::Result<T>;
@@ -77,11 +75,7 @@ fn bytes_of(v: &mlua::LuaString) -> Vec<u8> {
 }
 
 fn get_int(t: &Table, key: &str, default: i64) -> LuaResult<i64> {
-    Ok(match t.get::<Value>(key)? {
-        Value::Integer(i) => i,
-        Value::Number(n) => n as i64,
-        _ => default,
-    })
+    Ok(int(t, key)?.unwrap_or(default))
 }
 
 fn get_bytes(t: &Table, key: &str) -> LuaResult<Option<Vec<u8>>> {
@@ -222,19 +216,7 @@ fn from_err(lua: &Lua, s: mlua::LuaString) -> LuaResult<Table> {
 }
 
 fn to_ok(lua: &Lua, t: Table) -> LuaResult<mlua::LuaString> {
-    let info = get_bytes(&t, "message")?.unwrap_or_default();
-    let ok = OkPacket {
-        header: OK_HEADER,
-        affected_rows: get_int(&t, "affected_rows", 0)? as u64,
-        last_insert_id: get_int(&t, "insert_id", 0)? as u64,
-        status: get_int(&t, "server_status", SERVER_STATUS_AUTOCOMMIT as i64)? as u16,
-        warnings: get_int(&t, "warnings", 0)? as u16,
-        info: &info,
-        session_state: None,
-    };
-    let mut p = Vec::new();
-    encode_ok(&ok, CLIENT_PROTOCOL_41, &mut p);
-    lua.create_string(p)
+    lua.create_string(ok_payload(&t)?)
 }
 
 fn from_ok(lua: &Lua, s: mlua::LuaString) -> LuaResult<Table> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::session::{Out, Phase, Session};
 use super::{Call, ConnInfo, Decision, Hook, ScriptShared, Update};
-use crate::error::{Error, Side};
+use crate::error::Error;
 use crate::runtime::{Io, Key, Slab, SockId};
 use crate::session::{Owner, ScriptId, Shared};
 
@@ -304,14 +304,6 @@ impl Scripted {
     pub fn abort_all(&mut self, io: &mut Io) {
         for k in self.sessions.keys() {
             self.end(io, ScriptId(k), false);
-        }
-    }
-
-    /// The side that failed, for logs.
-    pub fn side_of(owner: Owner) -> Side {
-        match owner {
-            Owner::ScriptConn(_) => Side::Backend,
-            _ => Side::Client,
         }
     }
 }

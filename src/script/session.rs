@@ -111,8 +111,11 @@ pub struct Session {
     backend_closed: Option<Error>,
 }
 
-fn frame(seq: u8, payload: &[u8], out: &mut Vec<u8>) {
-    write_packet(out, seq, payload);
+/// `payload` framed (sequence id `seq`) for the backend.
+fn send_backend(out: &mut Vec<Out>, seq: u8, payload: &[u8]) {
+    let mut bytes = Vec::with_capacity(payload.len() + 4);
+    write_packet(&mut bytes, seq, payload);
+    out.push(Out::Backend(bytes));
 }
 
 /// Payloads framed as packets, sequence ids from `first_seq` (16 MiB and more split).
@@ -291,11 +294,6 @@ impl Session {
         self.phase
     }
 
-    /// Bytes held (input not consumed yet, a held result).
-    pub fn held_bytes(&self) -> usize {
-        self.cin.len() + self.bin.len() + self.current.as_ref().map_or(0, |c| c.bytes)
-    }
-
     /// True while nothing is in flight: no call, no query (a drain may end it).
     pub fn is_idle(&self) -> bool {
         self.phase == Phase::Command
@@ -317,6 +315,11 @@ impl Session {
         } else {
             self.cout.extend_from_slice(&bytes);
         }
+    }
+
+    /// Queues `payload` framed (sequence id `seq`) for the client.
+    fn queue_client(&mut self, seq: u8, payload: &[u8]) {
+        write_packet(&mut self.cout, seq, payload);
     }
 
     /// Hands the client bytes queued by this step over.
@@ -349,13 +352,11 @@ impl Session {
             self.backend_closed = Some(err.clone());
             return;
         }
-        let mut bytes = Vec::new();
         let seq = match self.phase {
             Phase::Connecting | Phase::Greeting => 0,
             _ => self.client_seq.wrapping_add(1),
         };
-        err.write_err_packet(seq, &mut bytes);
-        self.client(bytes);
+        err.write_err_packet(seq, &mut self.cout);
         self.end(out, true);
     }
 
@@ -409,9 +410,7 @@ impl Session {
             self.client(frame_all(0, &packets));
             return self.end(out, true);
         }
-        let mut bytes = Vec::new();
-        frame(0, &held.unwrap_or_default(), &mut bytes);
-        self.client(bytes);
+        self.queue_client(0, &held.unwrap_or_default());
         self.phase = Phase::ClientAuth;
     }
 
@@ -439,9 +438,7 @@ impl Session {
             (Ret::SendQuery, Some(q)) => q.packet,
             _ => held.unwrap_or_default(),
         };
-        let mut bytes = Vec::new();
-        frame(self.client_seq, &packet, &mut bytes);
-        out.push(Out::Backend(bytes));
+        send_backend(out, self.client_seq, &packet);
         self.phase = Phase::AuthRelay;
     }
 
@@ -528,9 +525,7 @@ impl Session {
             ));
         }
         let quit = inj.packet.first() == Some(&COM_QUIT);
-        let mut bytes = Vec::new();
-        frame(0, &inj.packet, &mut bytes);
-        out.push(Out::Backend(bytes));
+        send_backend(out, 0, &inj.packet);
         if quit {
             self.queue.clear();
             return self.end(out, false);
@@ -640,9 +635,7 @@ impl Session {
         match self.phase {
             Phase::ClientAuth => self.on_login(payload, out),
             Phase::AuthRelay => {
-                let mut bytes = Vec::new();
-                frame(seq, &payload, &mut bytes);
-                out.push(Out::Backend(bytes));
+                send_backend(out, seq, &payload);
             }
             _ if self.tracker.awaiting_client() => self.on_client_data(seq, payload, out),
             _ => self.on_command(payload, now, out),
@@ -652,9 +645,7 @@ impl Session {
 
     fn on_greeting(&mut self, mut payload: Vec<u8>, out: &mut Vec<Out>) {
         if payload.first() == Some(&ERR_HEADER) {
-            let mut bytes = Vec::new();
-            frame(0, &payload, &mut bytes);
-            self.client(bytes);
+            self.queue_client(0, &payload);
             return self.end(out, true);
         }
         if let Err(e) =
@@ -675,9 +666,7 @@ impl Session {
         if self.hooks.has(HookName::ReadHandshake) {
             return self.call(HookName::ReadHandshake, Hook::Handshake, Some(payload), out);
         }
-        let mut bytes = Vec::new();
-        frame(0, &payload, &mut bytes);
-        self.client(bytes);
+        self.queue_client(0, &payload);
         self.phase = Phase::ClientAuth;
     }
 
@@ -708,9 +697,7 @@ impl Session {
         if end {
             return self.auth_result_decided(Decision::none(0), Some(payload), out);
         }
-        let mut bytes = Vec::new();
-        frame(seq, &payload, &mut bytes);
-        self.client(bytes);
+        self.queue_client(seq, &payload);
     }
 
     fn on_command(&mut self, payload: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
@@ -730,9 +717,7 @@ impl Session {
         if let Err(e) = track_client(&mut self.tracker, &payload, seq) {
             return self.fail(out, seq.wrapping_add(1), &format!("ringproxy: {e}"));
         }
-        let mut bytes = Vec::new();
-        frame(seq, &payload, &mut bytes);
-        out.push(Out::Backend(bytes));
+        send_backend(out, seq, &payload);
     }
 
     fn on_response_packet(&mut self, seq: u8, payload: Vec<u8>, now: Instant, out: &mut Vec<Out>) {
@@ -760,7 +745,7 @@ impl Session {
             }
             cur.packets.push(payload);
         } else {
-            frame(seq, &payload, &mut self.cout);
+            self.queue_client(seq, &payload);
         }
         match kind {
             Ok(ServerPacket::Part) => {}
