@@ -107,6 +107,8 @@ impl Vm {
             Hook::Close => self.close(call.conn),
             other => self.hook(call.conn, other, &mut d),
         };
+        // The call is over: another worker's hook may use proxy.global now.
+        self.shared.store.leave();
         if let Err(e) = result {
             self.counts.errors += 1;
             let limit = match e {
