@@ -181,7 +181,10 @@ impl Vm {
 
     /// Shows what the connection learned in its `proxy.connection`.
     fn apply(&self, conn: u64, updates: &[Update]) -> mlua::Result<()> {
-        let Some(state) = self.conns.get(&conn).filter(|_| !updates.is_empty()) else {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let Some(state) = self.conns.get(&conn) else {
             return Ok(());
         };
         let connection: Table = state.get("connection")?;

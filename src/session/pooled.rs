@@ -1604,8 +1604,7 @@ impl Pooled {
             }
         }
         if let Some(w) = self.pool.first_waiter() {
-            let route = self.sessions.get(w.session.0).and_then(|s| s.route);
-            if route.is_some_and(|r| Some(r) != server) {
+            if !fits(&w) {
                 // It waits for another backend's connection: this one's room does not help it.
                 self.pool.wait_first(w);
             } else if w.key.caps == key.caps {

@@ -1087,6 +1087,7 @@ impl Service for Proxy {
     }
 
     fn on_tick(&mut self, io: &mut Io, _now: Instant) {
+        self.publish_script_counts(io);
         self.prewarm(io);
         if let Some(p) = self.pooled.as_mut() {
             p.tick(io);
@@ -1185,11 +1186,18 @@ impl Proxy {
                 }
             }
         }
-        let counts = executor.counts();
-        io.stats.lua_calls = counts.calls;
-        io.stats.lua_errors = counts.errors;
         if let Some(s) = self.scripted.as_mut() {
             s.after_turn(io);
+        }
+    }
+
+    /// The executor's counters into the worker's (every tick: in thread mode they sit behind a
+    /// mutex the executor thread takes).
+    fn publish_script_counts(&mut self, io: &mut Io) {
+        if let Some(executor) = &self.executor {
+            let counts = executor.counts();
+            io.stats.lua_calls = counts.calls;
+            io.stats.lua_errors = counts.errors;
         }
     }
 

@@ -231,6 +231,9 @@ impl Pooled {
     /// Bytes for the client of session `sid`'s running command: kept instead when its result is
     /// being captured for read_query_result (true), else left to the caller to send (false).
     pub(super) fn captured(&mut self, sid: PooledId, bytes: &[u8], now: Instant) -> bool {
+        if !self.scripting {
+            return false;
+        }
         let capture = self
             .sessions
             .get_mut(sid.0)
@@ -251,6 +254,9 @@ impl Pooled {
     /// The running command is done: a captured result goes to read_query_result (the session
     /// takes no command until its decision).
     pub(super) fn script_result(&mut self, io: &mut Io, sid: PooledId) {
+        if !self.scripting {
+            return;
+        }
         let Some(s) = self.sessions.get_mut(sid.0) else {
             return;
         };
