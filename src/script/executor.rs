@@ -125,14 +125,6 @@ impl Executor {
         }
     }
 
-    /// Calls queued and not decided yet (inline) or not yet taken by the thread.
-    pub fn backlog(&self) -> usize {
-        match self {
-            Executor::Inline(i) => i.queue.len(),
-            Executor::Thread(t) => t.waiting.len(),
-        }
-    }
-
     /// What the VM did so far.
     pub fn counts(&self) -> VmCounts {
         match self {

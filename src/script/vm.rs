@@ -129,11 +129,6 @@ impl Vm {
         d
     }
 
-    /// Connections with an environment (for tests and the drain).
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
-
     fn open(
         &mut self,
         conn: u64,
