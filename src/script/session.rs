@@ -23,7 +23,7 @@ use std::time::Instant;
 use super::{Decision, Hook, HookName, Hooks, Injected, Injection, Ret, Update};
 use crate::error::Error;
 use crate::protocol::constants::*;
-use crate::protocol::framing::{write_packet, PacketHead, HEAD_CAP};
+use crate::protocol::framing::{split_logical, write_packet, PacketHead, HEAD_CAP};
 use crate::protocol::handshake::{parse_handshake_response41, patch_server_greeting};
 use crate::protocol::packets::write_err_packet;
 use crate::protocol::scanner::{ClientPacket, ResponseTracker, ServerPacket};
@@ -146,7 +146,7 @@ struct InBuf {
 pub fn payloads(bytes: &[u8]) -> Vec<Vec<u8>> {
     let mut b = InBuf::default();
     b.push(bytes);
-    std::iter::from_fn(|| b.take().map(|l| l.payload)).collect()
+    std::iter::from_fn(|| b.take(usize::MAX).ok().flatten().map(|l| l.payload)).collect()
 }
 
 impl InBuf {
@@ -161,11 +161,6 @@ impl InBuf {
         self.data.extend_from_slice(bytes);
     }
 
-    /// Bytes not consumed.
-    fn len(&self) -> usize {
-        self.data.len() - self.pos
-    }
-
     /// Once everything was consumed, a buffer grown past [`KEEP_BUFFER`] is freed: an idle
     /// session keeps at most that much.
     fn trim(&mut self) {
@@ -175,38 +170,19 @@ impl InBuf {
         }
     }
 
-    /// The next whole logical packet: its physical packets of 0xFF_FFFF bytes and the one that
-    /// ends it, joined (the sequence id of the first and of the last, the payload), or None
-    /// until all of it is here.
-    fn take(&mut self) -> Option<Logical> {
-        let (mut at, mut payload_len) = (self.pos, 0);
-        let mut last_seq;
-        loop {
-            let h = self.data.get(at..at + 4)?;
-            let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
-            last_seq = h[3];
-            if self.data.len() < at + 4 + len {
-                return None;
-            }
-            at += 4 + len;
-            payload_len += len;
-            if len < MAX_PAYLOAD_LEN {
-                break;
-            }
-        }
-        let seq = self.data[self.pos + 3];
-        let mut payload = Vec::with_capacity(payload_len);
-        while self.pos < at {
-            let h = &self.data[self.pos..self.pos + 4];
-            let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
-            payload.extend_from_slice(&self.data[self.pos + 4..self.pos + 4 + len]);
-            self.pos += 4 + len;
-        }
-        Some(Logical {
-            seq,
-            last_seq,
-            payload,
-        })
+    /// The next whole logical packet (its 0xFF_FFFF-byte pieces joined: the sequence id of the
+    /// first piece and of the last, the payload), `Ok(None)` until all of it is here, an error
+    /// as soon as its headers announce more than `max_len` bytes.
+    fn take(&mut self, max_len: usize) -> Result<Option<Logical>, ProtoError> {
+        let Some(p) = split_logical(&self.data[self.pos..], max_len)? else {
+            return Ok(None);
+        };
+        self.pos += p.consumed;
+        Ok(Some(Logical {
+            seq: p.first_seq,
+            last_seq: p.last_seq,
+            payload: p.payload.into_owned(),
+        }))
     }
 }
 
@@ -583,22 +559,23 @@ impl Session {
         self.bin.trim();
     }
 
-    fn oversized(&mut self, buf_len: usize, out: &mut Vec<Out>) -> bool {
-        if buf_len > self.max_packet + 4 {
-            let seq = self.client_seq.wrapping_add(1);
-            self.fail(
-                out,
-                seq,
-                "ringproxy: packet too large for a scripted session",
-            );
-            return true;
-        }
-        false
+    /// A packet over `max_packet_size`: the client is told, the session ends.
+    fn too_large(&mut self, out: &mut Vec<Out>) -> bool {
+        let seq = self.client_seq.wrapping_add(1);
+        self.fail(
+            out,
+            seq,
+            "ringproxy: packet too large for a scripted session",
+        );
+        true
     }
 
     fn pump_backend(&mut self, now: Instant, out: &mut Vec<Out>) -> bool {
-        let Some(Logical { seq, payload, .. }) = self.bin.take() else {
-            return self.oversized(self.bin.len(), out);
+        let Some(Logical { seq, payload, .. }) = (match self.bin.take(self.max_packet) {
+            Ok(packet) => packet,
+            Err(_) => return self.too_large(out),
+        }) else {
+            return false;
         };
         match self.phase {
             Phase::Greeting => self.on_greeting(payload, out),
@@ -623,13 +600,17 @@ impl Session {
         if !may_read {
             return false;
         }
+        let taken = match self.cin.take(self.max_packet) {
+            Ok(packet) => packet,
+            Err(_) => return self.too_large(out),
+        };
         let Some(Logical {
             seq,
             last_seq,
             payload,
-        }) = self.cin.take()
+        }) = taken
         else {
-            return self.oversized(self.cin.len(), out);
+            return false;
         };
         self.client_seq = last_seq;
         match self.phase {
@@ -829,13 +810,13 @@ mod tests {
     fn packets_are_taken_whole_across_chunks() {
         let mut b = InBuf::default();
         b.push(&[3, 0, 0, 7, b'a']);
-        assert_eq!(b.take(), None);
+        assert_eq!(b.take(usize::MAX).unwrap(), None);
         b.push(&[b'b', b'c', 1, 0]);
-        assert_eq!(b.take(), logical(7, 7, b"abc"));
-        assert_eq!(b.take(), None);
+        assert_eq!(b.take(usize::MAX).unwrap(), logical(7, 7, b"abc"));
+        assert_eq!(b.take(usize::MAX).unwrap(), None);
         b.push(&[0, 9, b'z']);
-        assert_eq!(b.take(), logical(9, 9, b"z"));
-        assert_eq!(b.len(), 0);
+        assert_eq!(b.take(usize::MAX).unwrap(), logical(9, 9, b"z"));
+        assert_eq!(b.pos, b.data.len(), "everything consumed");
     }
 
     #[test]
@@ -845,9 +826,9 @@ mod tests {
         assert_eq!(write_packet(&mut wire, 3, &payload), 5);
         let mut b = InBuf::default();
         b.push(&wire[..MAX_PAYLOAD_LEN]);
-        assert_eq!(b.take(), None);
+        assert_eq!(b.take(usize::MAX).unwrap(), None);
         b.push(&wire[MAX_PAYLOAD_LEN..]);
-        assert_eq!(b.take(), logical(3, 4, &payload));
+        assert_eq!(b.take(usize::MAX).unwrap(), logical(3, 4, &payload));
         assert_eq!(
             pieces(&payload).map(<[u8]>::len).collect::<Vec<_>>(),
             [MAX_PAYLOAD_LEN, 10]
