@@ -291,28 +291,7 @@ fn resolve(target: &str) -> Result<SocketAddr, String> {
 /// Validates the arguments of a load workload. `slots` is the fixed-file table size of one ring.
 pub fn plan(workload: Workload, a: &LoadArgs, cores: usize, slots: u32) -> Result<Plan, String> {
     let target = resolve(&a.target)?;
-    if a.connections == 0 {
-        return Err("--connections must be at least 1".into());
-    }
-    if a.connections > u64::from(u32::MAX) {
-        return Err("--connections is too large".into());
-    }
-    let connections = a.connections as u32;
-    let threads = a.threads.unwrap_or(cores.max(1));
-    if threads == 0 {
-        return Err("--threads must be at least 1".into());
-    }
-    let threads = threads.min(connections as usize);
-    let per_ring = slots.saturating_sub(RESERVED_SLOTS);
-    let per_thread = connections.div_ceil(threads as u32);
-    if per_thread > per_ring {
-        let need = connections.div_ceil(per_ring.max(1));
-        return Err(format!(
-            "{connections} connections over {threads} threads need {per_thread} sockets per ring, \
-             but each ring holds at most {per_ring} ({slots} fixed-file slots = RLIMIT_NOFILE, \
-             minus {RESERVED_SLOTS} reserved): use --threads {need} or more, or raise RLIMIT_NOFILE"
-        ));
-    }
+    let (connections, threads) = connections_and_threads(a, cores, slots)?;
     if !(a.duration.is_finite() && a.duration > 0.0) {
         return Err("--duration must be a positive number of seconds".into());
     }
@@ -326,61 +305,13 @@ pub fn plan(workload: Workload, a: &LoadArgs, cores: usize, slots: u32) -> Resul
     if !sources.is_empty() && !target.is_ipv4() {
         return Err("--source needs an IPv4 --target".into());
     }
-    let mix: Vec<(String, u32)> = match (&a.query, &a.mix) {
-        (Some(_), Some(_)) => return Err("--query and --mix exclude each other".into()),
-        (Some(q), None) => vec![(q.clone(), 1)],
-        (None, Some(m)) => parse_mix(m)?,
-        (None, None) => vec![(DEFAULT_QUERY.to_string(), 1)],
-    };
-    let mut queries = Vec::with_capacity(mix.len());
-    for (sql, weight) in mix {
-        if sql.is_empty() {
-            return Err("--query is empty".into());
-        }
-        if sql.len() + 1 >= MAX_PAYLOAD_LEN {
-            return Err("--query: queries of 16 MiB or more are not supported".into());
-        }
-        queries.push(QuerySpec {
-            packet: packet(COM_QUERY, sql.as_bytes()),
-            prepare: packet(COM_STMT_PREPARE, sql.as_bytes()),
-            sql,
-            weight,
-        });
-    }
-    let weight_total = queries
-        .iter()
-        .try_fold(0u32, |s, q| s.checked_add(q.weight))
-        .ok_or("--mix: weights add up to more than 2^32")?;
+    let (queries, weight_total) = query_specs(a)?;
     let expect_rows = match a.expect_rows {
         Some(n) => Some(n),
         None if a.query.is_none() && a.mix.is_none() => Some(1),
         None => None,
     };
-    if a.rate.is_some() != (workload == Workload::Rate) {
-        return Err("--rate is required by the rate workload and only used there".into());
-    }
-    let rate = a.rate.unwrap_or(0.0);
-    if workload == Workload::Rate && !(rate.is_finite() && rate > 0.0) {
-        return Err("--rate must be a positive number of queries per second".into());
-    }
-    if a.depth.is_some() && workload != Workload::Pipeline {
-        return Err("--depth only applies to the pipeline workload".into());
-    }
-    let depth = if workload == Workload::Pipeline {
-        a.depth.unwrap_or(8)
-    } else {
-        1
-    };
-    if depth == 0 || depth > MAX_PIPELINE {
-        return Err(format!("--depth must be between 1 and {MAX_PIPELINE}"));
-    }
-    if a.active_fraction.is_some() && workload != Workload::Idle {
-        return Err("--active-fraction only applies to the idle workload".into());
-    }
-    let active_fraction = a.active_fraction.unwrap_or(0.0);
-    if !(0.0..=1.0).contains(&active_fraction) {
-        return Err("--active-fraction must be between 0 and 1".into());
-    }
+    let (rate, depth, active_fraction) = workload_knobs(workload, a)?;
     if let Some(pid) = a.pid {
         if std::fs::metadata(format!("/proc/{pid}/stat")).is_err() {
             return Err(format!("--pid {pid}: no such process"));
@@ -418,6 +349,93 @@ pub fn plan(workload: Workload, a: &LoadArgs, cores: usize, slots: u32) -> Resul
         progress,
         deprecate_eof: !a.no_deprecate_eof,
     })
+}
+
+/// `--connections` and `--threads`, checked against what the rings can hold.
+fn connections_and_threads(a: &LoadArgs, cores: usize, slots: u32) -> Result<(u32, usize), String> {
+    if a.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    if a.connections > u64::from(u32::MAX) {
+        return Err("--connections is too large".into());
+    }
+    let connections = a.connections as u32;
+    let threads = a.threads.unwrap_or(cores.max(1));
+    if threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    let threads = threads.min(connections as usize);
+    let per_ring = slots.saturating_sub(RESERVED_SLOTS);
+    let per_thread = connections.div_ceil(threads as u32);
+    if per_thread > per_ring {
+        let need = connections.div_ceil(per_ring.max(1));
+        return Err(format!(
+            "{connections} connections over {threads} threads need {per_thread} sockets per ring, \
+             but each ring holds at most {per_ring} ({slots} fixed-file slots = RLIMIT_NOFILE, \
+             minus {RESERVED_SLOTS} reserved): use --threads {need} or more, or raise RLIMIT_NOFILE"
+        ));
+    }
+    Ok((connections, threads))
+}
+
+/// The queries of `--query` / `--mix` (the default one without either), and their weights' sum.
+fn query_specs(a: &LoadArgs) -> Result<(Vec<QuerySpec>, u32), String> {
+    let mix: Vec<(String, u32)> = match (&a.query, &a.mix) {
+        (Some(_), Some(_)) => return Err("--query and --mix exclude each other".into()),
+        (Some(q), None) => vec![(q.clone(), 1)],
+        (None, Some(m)) => parse_mix(m)?,
+        (None, None) => vec![(DEFAULT_QUERY.to_string(), 1)],
+    };
+    let mut queries = Vec::with_capacity(mix.len());
+    for (sql, weight) in mix {
+        if sql.is_empty() {
+            return Err("--query is empty".into());
+        }
+        if sql.len() + 1 >= MAX_PAYLOAD_LEN {
+            return Err("--query: queries of 16 MiB or more are not supported".into());
+        }
+        queries.push(QuerySpec {
+            packet: packet(COM_QUERY, sql.as_bytes()),
+            prepare: packet(COM_STMT_PREPARE, sql.as_bytes()),
+            sql,
+            weight,
+        });
+    }
+    let weight_total = queries
+        .iter()
+        .try_fold(0u32, |s, q| s.checked_add(q.weight))
+        .ok_or("--mix: weights add up to more than 2^32")?;
+    Ok((queries, weight_total))
+}
+
+/// The knobs of one workload only: `--rate`, `--depth`, `--active-fraction`.
+fn workload_knobs(workload: Workload, a: &LoadArgs) -> Result<(f64, usize, f64), String> {
+    if a.rate.is_some() != (workload == Workload::Rate) {
+        return Err("--rate is required by the rate workload and only used there".into());
+    }
+    let rate = a.rate.unwrap_or(0.0);
+    if workload == Workload::Rate && !(rate.is_finite() && rate > 0.0) {
+        return Err("--rate must be a positive number of queries per second".into());
+    }
+    if a.depth.is_some() && workload != Workload::Pipeline {
+        return Err("--depth only applies to the pipeline workload".into());
+    }
+    let depth = if workload == Workload::Pipeline {
+        a.depth.unwrap_or(8)
+    } else {
+        1
+    };
+    if depth == 0 || depth > MAX_PIPELINE {
+        return Err(format!("--depth must be between 1 and {MAX_PIPELINE}"));
+    }
+    if a.active_fraction.is_some() && workload != Workload::Idle {
+        return Err("--active-fraction only applies to the idle workload".into());
+    }
+    let active_fraction = a.active_fraction.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&active_fraction) {
+        return Err("--active-fraction must be between 0 and 1".into());
+    }
+    Ok((rate, depth, active_fraction))
 }
 
 #[cfg(test)]
