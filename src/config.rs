@@ -46,11 +46,25 @@ pub const RESERVED_SLOTS_PER_WORKER: u32 = 16;
 /// Fixed-file slots one pass-through client occupies: its own socket and its backend socket.
 pub const SLOTS_PER_CLIENT: u32 = 2;
 
+/// Fixed-file slots one pooled client occupies: its own socket (backend connections are shared and
+/// counted once per worker, see [`Room`]).
+pub const SLOTS_PER_POOLED_CLIENT: u32 = 1;
+
+/// Share of each worker's client room that `workers = 0` leaves free when it adds workers for a
+/// large `max_connections`: SO_REUSEPORT spreads connections by a hash, not evenly, so one worker
+/// gets more than the average (at 18,000 per worker the spread is about ±1%; 5% is ample).
+const SPREAD_HEADROOM_PERCENT: u64 = 5;
+
 /// Upper bound on the fixed-file table we ever ask for, whatever RLIMIT_NOFILE says.
 const MAX_FIXED_FILE_SLOTS: u64 = 1 << 20;
 
 /// Used only if `getrlimit(RLIMIT_NOFILE)` itself fails: the usual Linux default soft limit.
 const FALLBACK_NOFILE: u64 = 1024;
+
+/// Fewest receive buffers a worker gets when the per-core default is shared among more workers
+/// than cores: enough for a few hundred connections receiving at once (a recv that finds none
+/// waits and is re-armed, it does not fail).
+const MIN_SHARED_BUFFERS: u64 = 128;
 
 /// `proxy.max_connections` when not set (lowered to what the host can hold).
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
@@ -561,11 +575,74 @@ fn rlimit_nofile() -> std::io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// Most clients `workers` workers can hold when each ring's fixed-file table has `slots_per_worker`
-/// slots: `workers * (slots_per_worker - RESERVED_SLOTS_PER_WORKER) / SLOTS_PER_CLIENT`.
+/// Most pass-through clients `workers` workers can hold when each ring's fixed-file table has
+/// `slots_per_worker` slots: `workers * (slots_per_worker - RESERVED_SLOTS_PER_WORKER) /
+/// SLOTS_PER_CLIENT`.
 pub fn max_possible_connections(workers: u64, slots_per_worker: u64) -> u64 {
-    workers.saturating_mul(slots_per_worker.saturating_sub(u64::from(RESERVED_SLOTS_PER_WORKER)))
-        / u64::from(SLOTS_PER_CLIENT)
+    Room::pass_through(slots_per_worker).clients(workers)
+}
+
+/// How a worker ring's fixed-file table is shared out: what is left for clients once the reserve
+/// and the pooled backend connections are counted, and how many slots each client takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// The table's size (the soft RLIMIT_NOFILE).
+    pub slots_per_worker: u64,
+    /// Slots kept for pooled backend connections: every worker may come to hold all of them
+    /// (the pool's limits are whole-proxy), so each keeps room for them all.
+    pub pool_slots: u64,
+    /// [`SLOTS_PER_CLIENT`] when any pass-through listener exists, else [`SLOTS_PER_POOLED_CLIENT`].
+    pub per_client: u64,
+}
+
+impl Room {
+    fn pass_through(slots_per_worker: u64) -> Room {
+        Room {
+            slots_per_worker,
+            pool_slots: 0,
+            per_client: u64::from(SLOTS_PER_CLIENT),
+        }
+    }
+
+    /// Clients one worker can hold.
+    pub fn per_worker(&self) -> u64 {
+        self.slots_per_worker
+            .saturating_sub(u64::from(RESERVED_SLOTS_PER_WORKER))
+            .saturating_sub(self.pool_slots)
+            / self.per_client
+    }
+
+    /// Clients `workers` workers can hold.
+    pub fn clients(&self, workers: u64) -> u64 {
+        workers.saturating_mul(self.per_worker())
+    }
+
+    /// Fewest workers (at least `cores`) that hold `clients` with [`SPREAD_HEADROOM_PERCENT`] of
+    /// each worker's room to spare; None when even [`MAX_WORKERS`] cannot.
+    fn workers_for(&self, clients: u64, cores: u64) -> Option<u64> {
+        let usable = self.per_worker() * (100 - SPREAD_HEADROOM_PERCENT) / 100;
+        if usable == 0 {
+            return None;
+        }
+        let workers = clients.div_ceil(usable).max(cores);
+        (workers <= MAX_WORKERS).then_some(workers)
+    }
+
+    /// The arithmetic behind [`Room::clients`], for messages.
+    fn explain(&self, workers: u64) -> String {
+        let pool = if self.pool_slots > 0 {
+            format!(" - {} pooled backend connections", self.pool_slots)
+        } else {
+            String::new()
+        };
+        format!(
+            "{workers} workers * (RLIMIT_NOFILE {} - {RESERVED_SLOTS_PER_WORKER} reserved{pool}) \
+             / {} slot(s) per client = {}",
+            self.slots_per_worker,
+            self.per_client,
+            self.clients(workers)
+        )
+    }
 }
 
 /// Why a configuration was refused. The Display text names the key and the problem.
@@ -1894,11 +1971,13 @@ impl Merged {
     /// Every key by its kind, then what depends on the host or on several keys.
     fn validate(self, host: Host) -> Result<Config, ConfigError> {
         let mut config = self.check_each()?;
-        config.workers = self.resolve_workers(config.workers, host)?;
-        config.max_connections = self.connection_limit(config.workers, host)?;
+        config.listen = self.check_listeners(&config)?;
+        let room = config.room(host.slots_per_worker);
+        config.workers = self.resolve_workers(config.workers, host, room)?;
+        config.max_connections = self.connection_limit(config.workers, room)?;
+        config.buffer_count = self.buffers_per_worker(config.buffer_count, config.workers, host);
         self.check_send_high_water(&config)?;
         self.check_backend_handshake(&config)?;
-        config.listen = self.check_listeners(&config)?;
         self.check_monitor_account(&config)?;
         Ok(config)
     }
@@ -1946,8 +2025,15 @@ impl Merged {
         }
     }
 
-    /// `workers = 0` means one worker per core.
-    fn resolve_workers(&self, workers: usize, host: Host) -> Result<usize, ConfigError> {
+    /// `workers = 0` means one worker per core, or more when a `max_connections` that was chosen
+    /// needs more fixed-file tables than the cores have (each worker ring has its own table, capped
+    /// at RLIMIT_NOFILE slots).
+    fn resolve_workers(
+        &self,
+        workers: usize,
+        host: Host,
+        room: Room,
+    ) -> Result<usize, ConfigError> {
         if workers != 0 {
             return Ok(workers);
         }
@@ -1958,14 +2044,24 @@ impl Merged {
                  this host has {cores} cores, so set workers explicitly"
             )));
         }
-        Ok(to_usize(cores))
+        if self.max_connections.origin == Origin::Default {
+            return Ok(to_usize(cores));
+        }
+        let clients = self.max_connections.value;
+        match room.workers_for(clients, cores) {
+            Some(workers) => Ok(to_usize(workers)),
+            None => Err(self.max_connections.invalid(format!(
+                "{clients} is more than {MAX_WORKERS} workers can hold: {}",
+                room.explain(MAX_WORKERS)
+            ))),
+        }
     }
 
     /// The client limit. The built-in default adapts to what `workers` can hold on this host;
     /// only a value the user chose is refused when it is impossible.
-    fn connection_limit(&self, workers: usize, host: Host) -> Result<usize, ConfigError> {
+    fn connection_limit(&self, workers: usize, room: Room) -> Result<usize, ConfigError> {
         let workers = workers.to_u64();
-        let ceiling = max_possible_connections(workers, host.slots_per_worker);
+        let ceiling = room.clients(workers);
         let limit = match self.max_connections.origin {
             Origin::Default => self.max_connections.value.min(ceiling).max(1),
             Origin::File | Origin::Cli => self.max_connections.value,
@@ -1975,13 +2071,27 @@ impl Merged {
         }
         Err(self.max_connections.invalid(format!(
             "{limit} is more than {workers} worker(s) can hold: every pass-through client needs \
-             {SLOTS_PER_CLIENT} slots (client socket + backend socket) in its worker ring's \
-             fixed-file table, the kernel caps each table at RLIMIT_NOFILE = {nofile}, and \
-             {RESERVED_SLOTS_PER_WORKER} slots per worker are reserved, so the ceiling is \
-             {workers} * ({nofile} - {RESERVED_SLOTS_PER_WORKER}) / {SLOTS_PER_CLIENT} = \
-             {ceiling}; raise RLIMIT_NOFILE (ulimit -n), add workers, or lower max_connections",
-            nofile = host.slots_per_worker,
+             {SLOTS_PER_CLIENT} slots (client socket + backend socket) and every pooled client \
+             {SLOTS_PER_POOLED_CLIENT} in its worker ring's fixed-file table, the kernel caps each \
+             table at RLIMIT_NOFILE, so the ceiling is {}; raise RLIMIT_NOFILE (ulimit -n), add \
+             workers (workers = 0 adds them for a max_connections you set), or lower \
+             max_connections",
+            room.explain(workers)
         )))
+    }
+
+    /// The default receive-buffer count is per core: with more workers than cores (added for a
+    /// large `max_connections`) each worker gets its share of the cores' buffers, rounded down to
+    /// a power of two but never below [`MIN_SHARED_BUFFERS`]; a count the user chose stays.
+    fn buffers_per_worker(&self, count: u16, workers: usize, host: Host) -> u16 {
+        let workers = workers.to_u64();
+        if self.buffer_count.origin != Origin::Default || workers <= host.cores {
+            return count;
+        }
+        let share = u64::from(count) * host.cores.max(1) / workers;
+        let pow2 = if share == 0 { 1 } else { 1u64 << share.ilog2() };
+        // Lossless: at most `count`, a u16.
+        pow2.max(MIN_SHARED_BUFFERS).min(u64::from(count)) as u16
     }
 
     /// One full receive buffer must always fit under the high-water mark.
@@ -2057,10 +2167,30 @@ impl Config {
 
     /// Most client connections this configuration's workers can hold on this machine.
     pub fn connection_ceiling(&self) -> u64 {
-        max_possible_connections(
-            self.workers as u64,
-            u64::from(fixed_file_slots_per_worker()),
-        )
+        self.room(u64::from(fixed_file_slots_per_worker()))
+            .clients(self.workers as u64)
+    }
+
+    /// How each worker's fixed-file table of `slots_per_worker` slots is shared out.
+    pub fn room(&self, slots_per_worker: u64) -> Room {
+        let free = slots_per_worker.saturating_sub(u64::from(RESERVED_SLOTS_PER_WORKER));
+        let servers = (self.backends.len() + self.read_only_backends.len()) as u64;
+        let pool_slots = if self.pooled_mode() {
+            // At most half the table: a larger pool than that never fits one worker anyway.
+            (self.max_backend_connections as u64 * servers).min(free / 2)
+        } else {
+            0
+        };
+        let per_client = if self.listen.is_empty() {
+            SLOTS_PER_POOLED_CLIENT
+        } else {
+            SLOTS_PER_CLIENT
+        };
+        Room {
+            slots_per_worker,
+            pool_slots,
+            per_client: u64::from(per_client),
+        }
     }
 
     /// Whether pooled listeners are configured.
@@ -2113,13 +2243,20 @@ impl Config {
         let workers = self.workers.to_u64();
         if key == &keys::max_connections {
             Some(format!(
-                "ceiling {} = {workers} workers * (RLIMIT_NOFILE {} - {RESERVED_SLOTS_PER_WORKER}) \
-                 / {SLOTS_PER_CLIENT}",
-                max_possible_connections(workers, host.slots_per_worker),
-                host.slots_per_worker,
+                "ceiling {}",
+                self.room(host.slots_per_worker).explain(workers)
             ))
         } else if key == &keys::workers {
-            Some(format!("{} core(s) available", host.cores))
+            let cores = host.cores;
+            Some(if workers > cores {
+                format!(
+                    "{cores} core(s) available; each worker ring's fixed-file table holds {} \
+                     clients",
+                    self.room(host.slots_per_worker).per_worker()
+                )
+            } else {
+                format!("{cores} core(s) available")
+            })
         } else if key == &keys::buffer_count {
             let bytes = u64::from(self.buffer_size) * u64::from(self.buffer_count);
             Some(format!(
@@ -2806,13 +2943,22 @@ mod tests {
     #[test]
     fn max_connections_must_fit_the_fixed_file_tables() {
         // 2 workers * (20000 - 16) / 2 = 19984.
+        let two = "--workers=2";
         assert_eq!(
-            ok(BACKEND, &["--max-connections=19984"]).max_connections,
+            ok(BACKEND, &[two, "--max-connections=19984"]).max_connections,
             19_984
         );
-        let m = err_about(BACKEND, &["--max-connections=19985"], "--max-connections");
-        assert!(m.contains("RLIMIT_NOFILE = 20000"), "{m}");
-        assert!(m.contains("2 * (20000 - 16) / 2 = 19984"), "{m}");
+        let m = err_about(
+            BACKEND,
+            &[two, "--max-connections=19985"],
+            "--max-connections",
+        );
+        assert!(
+            m.contains(
+                "2 workers * (RLIMIT_NOFILE 20000 - 16 reserved) / 2 slot(s) per client = 19984"
+            ),
+            "{m}"
+        );
         let m = err_about(
             "[proxy]\nbackends = [\"10.0.0.1:1\"]\nmax_connections = 10000\n[runtime]\nworkers = 1\n",
             &[],
@@ -2824,14 +2970,53 @@ mod tests {
             ok(BACKEND, &["--workers=8", "--max-connections=79936"]).max_connections,
             79_936
         );
-        // A tiny RLIMIT_NOFILE leaves no room at all.
+        // A tiny RLIMIT_NOFILE leaves no room at all, whatever the worker count.
         let tiny = Host {
             cores: 4,
             slots_per_worker: 16,
         };
         let err =
             Config::from_layers(file(BACKEND), &cli(&["--max-connections=1"]), tiny).unwrap_err();
-        assert!(err.to_string().contains("= 0;"), "{err}");
+        assert!(err.to_string().contains("1024 workers"), "{err}");
+        assert!(err.to_string().contains("= 0"), "{err}");
+    }
+
+    #[test]
+    fn workers_zero_adds_workers_for_a_chosen_max_connections() {
+        // Left at its default, workers is the core count (2 here) and the default limit shrinks.
+        assert_eq!(ok(BACKEND, &[]).workers, 2);
+        // 19,985 pass-through clients do not fit 2 tables of 20,000 slots: a third worker comes,
+        // with 5% of each worker's room kept for the uneven SO_REUSEPORT spread.
+        assert_eq!(ok(BACKEND, &["--max-connections=19985"]).workers, 3);
+        assert_eq!(ok(BACKEND, &["--max-connections=19000"]).workers, 3);
+        assert_eq!(ok(BACKEND, &["--max-connections=18000"]).workers, 2);
+        // A million pooled clients: one slot each, 100 kept per worker for the backend pool.
+        let pooled = [
+            "--pooled-listen=127.0.0.1:6400",
+            "--max-connections=1000000",
+        ];
+        let c = ok(BACKEND, &pooled);
+        let room = c.room(20_000);
+        assert_eq!(room.per_worker(), 20_000 - 16 - 100);
+        assert_eq!(c.workers, 53, "1e6 / (19884 * 0.95) rounded up");
+        assert!(room.clients(53) >= 1_000_000);
+        // Each of those workers gets its share of the cores' receive buffers: 1024 * 2 / 53
+        // rounded down to a power of two is 32, raised to the floor of 128.
+        assert_eq!(c.buffer_count, 128);
+        // A buffer count that was chosen is kept.
+        let mut chosen = pooled.to_vec();
+        chosen.push("--buffer-count=2048");
+        assert_eq!(ok(BACKEND, &chosen).buffer_count, 2048);
+        // Explicit workers are never changed.
+        let mut fixed = pooled.to_vec();
+        fixed.push("--workers=60");
+        assert_eq!(ok(BACKEND, &fixed).workers, 60);
+        // A pass-through listener next to the pooled one makes every client count 2 slots.
+        let both = ["--listen=127.0.0.1:6401", "--pooled-listen=127.0.0.1:6400"];
+        assert_eq!(
+            ok(BACKEND, &both).room(20_000).per_worker(),
+            (20_000 - 16 - 100) / 2
+        );
     }
 
     #[test]
