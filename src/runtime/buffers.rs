@@ -227,6 +227,8 @@ pub struct SendQueue {
     in_flight: u16,
     /// Heap bytes of the Owned chunks queued.
     owned: usize,
+    /// Something was queued since the last [`SendQueue::release_if_idle`].
+    used: bool,
 }
 
 impl SendQueue {
@@ -246,7 +248,20 @@ impl SendQueue {
         self.in_flight > 0
     }
 
+    /// Frees the queue's storage when nothing was queued since the last call and nothing is
+    /// queued now, so an idle connection holds no send-queue memory while a busy one keeps its
+    /// storage (no allocation per response). Returns whether storage was freed.
+    pub fn release_if_idle(&mut self) -> bool {
+        let idle = !std::mem::take(&mut self.used) && self.chunks.is_empty();
+        if idle && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
+            return true;
+        }
+        false
+    }
+
     pub fn push(&mut self, chunk: Chunk) {
+        self.used = true;
         self.queued += chunk.len();
         self.owned += chunk.owned_bytes();
         self.chunks.push_back(chunk);
@@ -370,6 +385,28 @@ mod tests {
         let mut v = Vec::new();
         let all = q.start_send(&mut v, max, |_| std::ptr::null());
         (v.iter().map(|i| i.iov_len).collect(), all)
+    }
+
+    #[test]
+    fn idle_send_queue_storage_is_freed_only_after_a_quiet_period() {
+        let mut q = SendQueue::default();
+        q.push(Chunk::Static(b"abc"));
+        assert_eq!(iovs(&mut q, 8), (vec![3], true));
+        // Queued since the last look, and still queued: kept.
+        assert!(!q.release_if_idle());
+        q.finish_send(3, false, |_| {});
+        q.push(Chunk::Static(b"x"));
+        assert_eq!(iovs(&mut q, 8), (vec![1], true));
+        q.finish_send(1, false, |_| {});
+        // Empty now, but used since the last look: kept (a busy socket keeps its storage).
+        assert!(!q.release_if_idle());
+        assert!(q.chunks.capacity() > 0);
+        // Nothing queued since: freed, and the queue still works afterwards.
+        assert!(q.release_if_idle());
+        assert_eq!(q.chunks.capacity(), 0);
+        assert!(!q.release_if_idle());
+        q.push(Chunk::Static(b"de"));
+        assert_eq!(iovs(&mut q, 8), (vec![2], true));
     }
 
     #[test]

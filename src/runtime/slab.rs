@@ -112,6 +112,17 @@ impl<T> Slab<T> {
         v
     }
 
+    /// The entry at place `index` if one is stored there (for walks that resume where they
+    /// stopped; places run from 0 to [`Slab::places`]).
+    pub fn at_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.entries.get_mut(index).and_then(|(_, v)| v.as_mut())
+    }
+
+    /// Places the table has (used or free).
+    pub fn places(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Entries stored now.
     pub fn len(&self) -> usize {
         self.live

@@ -99,6 +99,8 @@ pub struct SockTable {
     fixed_slots: u32,
     /// Sockets in [`SockState::Flushing`].
     flushing: usize,
+    /// Where [`SockTable::release_idle`] goes on.
+    sweep_at: usize,
 }
 
 impl SockTable {
@@ -108,6 +110,7 @@ impl SockTable {
             slots_in_use: 0,
             fixed_slots,
             flushing: 0,
+            sweep_at: 0,
         }
     }
 
@@ -116,6 +119,24 @@ impl SockTable {
             self.slots_in_use += 1;
         }
         self.socks.insert(sock)
+    }
+
+    /// Walks the next `n` places of the table (wrapping around) and frees the send-queue storage
+    /// of sockets that queued nothing since the walk last passed them. Returns how many it freed.
+    pub fn release_idle(&mut self, n: usize) -> usize {
+        let places = self.socks.places();
+        let mut freed = 0;
+        for _ in 0..n.min(places) {
+            self.sweep_at = if self.sweep_at + 1 >= places {
+                0
+            } else {
+                self.sweep_at + 1
+            };
+            if let Some(sock) = self.socks.at_mut(self.sweep_at) {
+                freed += usize::from(sock.send.release_if_idle());
+            }
+        }
+        freed
     }
 
     pub fn get(&self, id: SockId) -> Option<&Sock> {
