@@ -32,7 +32,7 @@ const CHARSET: u8 = 45;
 const MAX_LOGIN_BYTES: usize = 64 * 1024;
 
 /// Who logs in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Credentials {
     pub user: String,
     pub password: String,

@@ -13,7 +13,7 @@
 
 mod script;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -289,7 +289,9 @@ struct Session {
     kill: Arc<KillTarget>,
     client: PooledClient,
     key: Option<PoolKey>,
-    cred: Option<Credentials>,
+    /// What backend logins for the session use; shared by the worker's sessions that log in
+    /// the same way (see [`Pooled::creds`]).
+    cred: Option<Arc<Credentials>>,
     /// The user counted against its max_connections.
     counted: Option<String>,
     state: SessionState,
@@ -304,7 +306,8 @@ struct Session {
     /// characteristics.
     held: Option<Held>,
     queue: VecDeque<(u8, Vec<u8>)>,
-    running: Option<Running>,
+    /// Boxed: an idle session (most of them) then pays one pointer for it.
+    running: Option<Box<Running>>,
     stmts: HashMap<u32, SessionStmt>,
     next_stmt: u32,
     waiting_since: Option<Instant>,
@@ -319,8 +322,9 @@ struct Session {
     lookup: Option<(u64, Instant)>,
     /// A reload was waited for already (the next lookup answers whatever it finds).
     reloaded: bool,
-    /// The state right after the login (what COM_RESET_CONNECTION goes back to).
-    baseline: SessionState,
+    /// The state of the connection the login ran on, right after that connection's own login
+    /// (shared with it): with the login's schema, what COM_RESET_CONNECTION goes back to.
+    baseline: Arc<SessionState>,
     /// The Lua script's view of the session (with a script).
     script: Option<Box<SessionScript>>,
     /// The backend (index into `Shared::backends`) the script routes the session's commands to
@@ -342,7 +346,8 @@ pub struct Handoff {
 pub struct Pooled {
     shared: Arc<Shared>,
     ps: Arc<PooledShared>,
-    sessions: Slab<Session>,
+    /// Boxed: the table then grows by a pointer per session, not by a whole session's size.
+    sessions: Slab<Box<Session>>,
     conns: Slab<PooledBackend>,
     pool: Pool<PooledId>,
     stmts: Statements,
@@ -357,6 +362,11 @@ pub struct Pooled {
     scripting: bool,
     /// This worker is counted in [`PooledShared::hungry`].
     hungry: bool,
+    /// One copy of each set of credentials logged-in sessions use (a thousand sessions of one
+    /// user share one), pruned each tick of those no session uses any more.
+    creds: HashSet<Arc<Credentials>>,
+    /// One copy of each user name the sessions' pool keys hold, pruned the same way.
+    names: HashSet<Arc<str>>,
 }
 
 impl Pooled {
@@ -380,6 +390,8 @@ impl Pooled {
             draining: false,
             handoffs: Vec::new(),
             hungry: false,
+            creds: HashSet::new(),
+            names: HashSet::new(),
             calls: Vec::new(),
             scripting: shared_script,
         }
@@ -423,7 +435,7 @@ impl Pooled {
         );
         let greeting = client.greeting(&self.server_version);
         let kill = self.ps.register(conn_id);
-        let sid = PooledId(self.sessions.insert(Session {
+        let sid = PooledId(self.sessions.insert(Box::new(Session {
             sock,
             id: conn_id,
             kill,
@@ -450,10 +462,10 @@ impl Pooled {
             delayed: false,
             lookup: None,
             reloaded: false,
-            baseline: SessionState::default(),
+            baseline: Arc::default(),
             script: None,
             route: None,
-        }));
+        })));
         io.set_owner(sock, Owner::Pooled(sid).token());
         io.stats.active += 1;
         io.stats.pooled_sessions += 1;
@@ -547,14 +559,14 @@ impl Pooled {
             // Some clients name an empty database when they mean none.
             let named = login.database.clone().filter(|d| !d.is_empty());
             let db = named.or(e.default_schema.clone());
-            s.cred = Some(Credentials {
+            s.cred = Some(Arc::new(Credentials {
                 user: login.user.clone(),
                 password: String::new(),
                 stage1: None,
                 db,
-            });
+            }));
             s.key = Some(PoolKey {
-                user: login.user.as_str().into(),
+                user: intern(&mut self.names, login.user.as_str().into()),
                 caps: login.caps & SHAPING,
                 charset: login.charset,
             });
@@ -603,7 +615,7 @@ impl Pooled {
             .as_ref()
             .map(|l| l.user.clone())
             .unwrap_or_default();
-        let (Some(cred), Some(_key)) = (s.cred.as_mut(), s.key.as_ref()) else {
+        let (Some(cred), Some(_key)) = (s.cred.as_mut().map(Arc::make_mut), s.key.as_ref()) else {
             let msg = format!("User '{user}' has exceeded the 'max_user_connections' resource");
             let out = s.client.login_error(1226, b"42000", &msg);
             return self.fail_login(io, sid, out);
@@ -643,10 +655,11 @@ impl Pooled {
         let db = cred.db.clone().map(String::into_bytes);
         log::trace!("session {sid:?}: {user} logs in, schema {:?}", cred.db);
         s.state.schema = db;
-        s.running = Some(Running {
+        s.cred = s.cred.take().map(|c| intern(&mut self.creds, c));
+        s.running = Some(Box::new(Running {
             login: true,
             ..Running::default()
-        });
+        }));
         self.acquire(io, sid);
     }
 
@@ -910,7 +923,12 @@ impl Pooled {
         let Some(s) = self.sessions.get_mut(sid.0) else {
             return;
         };
-        s.state = s.baseline.clone();
+        s.state = s.baseline.as_ref().clone();
+        s.state.schema = s
+            .cred
+            .as_ref()
+            .and_then(|c| c.db.clone())
+            .map(String::into_bytes);
         for (_, st) in s.stmts.drain() {
             self.stmts.release(st.key);
         }
@@ -983,7 +1001,7 @@ impl Pooled {
             run.prepare = Some((client_id, key));
         }
         run.payload = payload;
-        s.running = Some(run);
+        s.running = Some(Box::new(run));
         self.acquire(io, sid);
     }
 
@@ -1043,7 +1061,7 @@ impl Pooled {
     /// logs it in as the session's user; the session's command runs once it is set up.
     fn hand_over(&mut self, io: &mut Io, bid: BackendId, sid: PooledId, key: PoolKey) {
         let session = self.sessions.get(sid.0).filter(|s| !s.closed);
-        let Some(cred) = session.and_then(|s| s.cred.clone()) else {
+        let Some(cred) = session.and_then(|s| s.cred.as_deref().cloned()) else {
             return self.conn_free(io, bid);
         };
         let Some(b) = self.conns.get_mut(bid.0) else {
@@ -1114,7 +1132,7 @@ impl Pooled {
         let source = self.shared.source_for(&addr);
         let cred = session
             .and_then(|s| self.sessions.get(s.0))
-            .and_then(|s| s.cred.clone())?;
+            .and_then(|s| s.cred.as_deref().cloned())?;
         let cred = Credentials { db: None, ..cred };
         let now = io.now();
         let bid = BackendId(self.conns.insert_with(|k| {
@@ -1170,7 +1188,7 @@ impl Pooled {
         if run.login {
             // A new session starts in the state of a fresh connection, in its own schema.
             let schema = s.state.schema.take();
-            s.state = b.baseline.clone();
+            s.state = b.baseline.as_ref().clone();
             s.state.schema = schema;
         }
         if s.state.schema.is_none() && b.state.schema.is_some() {
@@ -1193,7 +1211,7 @@ impl Pooled {
         }
         if run.login {
             s.running = None;
-            s.baseline = b.state.clone();
+            s.baseline = Arc::clone(&b.baseline);
             self.login_confirmed(io, sid);
             return self.command_done(io, sid, bid);
         }
@@ -1659,6 +1677,8 @@ impl Pooled {
     /// Every worker tick: waiters get the room the limit has again, and an idle connection
     /// another worker's sessions are owed (see [`Pooled::owes_room`]) is closed to make room.
     pub fn tick(&mut self, io: &mut Io) {
+        self.creds.retain(|c| Arc::strong_count(c) > 1);
+        self.names.retain(|n| Arc::strong_count(n) > 1);
         self.serve_waiters(io);
         self.update_hungry();
         if self.owes_room() {
@@ -1818,7 +1838,7 @@ impl Pooled {
         let status = self
             .sessions
             .get(sid.0)
-            .map_or(SERVER_STATUS_AUTOCOMMIT, status_of);
+            .map_or(SERVER_STATUS_AUTOCOMMIT, |s| status_of(s));
         let mut out = Vec::with_capacity(11);
         write_ok_packet(&mut out, seq.wrapping_add(1), 0, 0, status, 0);
         self.send_client(io, sid, out, None);
@@ -2146,6 +2166,15 @@ fn record_prepare(
 /// Runs `job` on `b`: `payload` (a command, sequence id 0).
 /// Whether connection `b` may serve a session its script routes to backend `route` (any
 /// connection when there is no route).
+/// The copy of `value` in `set` (added when there is none).
+fn intern<T: std::hash::Hash + Eq + ?Sized>(set: &mut HashSet<Arc<T>>, value: Arc<T>) -> Arc<T> {
+    if let Some(same) = set.get(&value) {
+        return Arc::clone(same);
+    }
+    set.insert(Arc::clone(&value));
+    value
+}
+
 fn on_route(conns: &Slab<PooledBackend>, route: Option<usize>, b: BackendId) -> bool {
     route.is_none_or(|r| conns.get(b.0).is_some_and(|c| c.server == r))
 }

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::action::Action;
@@ -145,7 +146,7 @@ pub struct PooledBackend {
     /// What the connection's session state is.
     pub state: SessionState,
     /// Its state right after the login and the tracking setup (a new session's state).
-    pub baseline: SessionState,
+    pub baseline: Arc<SessionState>,
     /// The client capabilities of the session holding it (OK packets are rewritten for a
     /// client that did not ask for session tracking).
     pub client_caps: u32,
@@ -210,7 +211,7 @@ impl PooledBackend {
             login_since: now,
             last_used: now,
             state: SessionState::default(),
-            baseline: SessionState::default(),
+            baseline: Arc::default(),
             client_caps: 0,
             phase: Phase::Connecting,
             login: Some(Box::new(Login::with_capabilities(want, charset))),
@@ -252,7 +253,7 @@ impl PooledBackend {
         self.phase = Phase::Login;
         self.login_since = now;
         self.server_session_dropped(None);
-        self.baseline = SessionState::default();
+        self.baseline = Arc::default();
         self.tracking = false;
         out.push(Action::SendBackend(pkt));
     }
@@ -664,7 +665,7 @@ impl PooledBackend {
         }
         self.outcome = Outcome::default();
         if matches!(d, Done::Ready { .. }) {
-            self.baseline = self.state.clone();
+            self.baseline = Arc::new(self.state.clone());
         }
         done.push(d);
     }

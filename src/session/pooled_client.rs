@@ -117,10 +117,15 @@ pub struct PooledClient {
     conn_id: u32,
     /// Received bytes not yet whole packets (plain, after decompression).
     inbuf: Vec<u8>,
-    auth: Option<ServerAuth>,
+    /// Boxed, as `login`: only a session logging in has them.
+    auth: Option<Box<ServerAuth>>,
     /// The next sequence id of an auth packet to the client.
     seq: u8,
-    pub login: Option<LoginRequest>,
+    /// What the client asked for at login (dropped once logged in: an idle session keeps one
+    /// pointer, not the whole request).
+    pub login: Option<Box<LoginRequest>>,
+    /// The character set of the last login (a COM_CHANGE_USER without one keeps it).
+    charset: u8,
     /// Capabilities agreed with the client.
     pub caps: u32,
     inflater: Option<Inflater>,
@@ -150,6 +155,7 @@ impl PooledClient {
             auth: None,
             seq: 0,
             login: None,
+            charset: 45,
             caps: 0,
             inflater: None,
             alg: None,
@@ -187,21 +193,46 @@ impl PooledClient {
         out
     }
 
-    /// Bytes from the client.
+    /// Bytes from the client. Whole packets are taken straight from `data`; only a packet's
+    /// incomplete rest (or a compressed connection's input) is copied into `inbuf`, which is
+    /// freed once it is empty again, so an idle session holds no input buffer.
     pub fn on_bytes(&mut self, data: &[u8], events: &mut Vec<Event>) {
         if self.phase == Phase::Ended {
+            return;
+        }
+        if self.inflater.is_none() && self.inbuf.is_empty() {
+            let used = self.on_packets(data, events);
+            if self.phase != Phase::Ended {
+                self.inbuf.extend_from_slice(&data[used..]);
+            }
             return;
         }
         if let Err(e) = self.take_in(data) {
             return self.fail(e, events);
         }
+        let inbuf = std::mem::take(&mut self.inbuf);
+        let used = self.on_packets(&inbuf, events);
+        self.inbuf = inbuf;
+        self.inbuf.drain(..used);
+        if self.inbuf.is_empty() {
+            self.inbuf = Vec::new();
+        }
+    }
+
+    /// Handles the whole packets at the start of `bytes`; returns how many bytes they took.
+    fn on_packets(&mut self, bytes: &[u8], events: &mut Vec<Event>) -> usize {
+        let mut used = 0;
         while self.phase != Phase::Ended {
-            match self.next_packet() {
-                Ok(Some((seq, payload))) => self.on_packet(seq, payload, events),
+            match self.next_packet(&bytes[used..]) {
+                Ok(Some((seq, payload, n))) => {
+                    used += n;
+                    self.on_packet(seq, payload, events);
+                }
                 Ok(None) => break,
-                Err(e) => return self.fail(e, events),
+                Err(e) => self.fail(e, events),
             }
         }
+        used
     }
 
     fn take_in(&mut self, data: &[u8]) -> Result<(), Error> {
@@ -217,26 +248,19 @@ impl PooledClient {
         .map_err(|e| Error::client_protocol(format!("compressed packet: {e:?}")))
     }
 
-    /// The next whole packet, if any, off the input.
-    fn next_packet(&mut self) -> Result<Option<(u8, Vec<u8>)>, Error> {
+    /// The next whole packet at the start of `bytes`, if any: its sequence id, its payload and
+    /// the bytes it took.
+    fn next_packet(&self, bytes: &[u8]) -> Result<Option<(u8, Vec<u8>, usize)>, Error> {
         let max = match self.phase {
             Phase::Command => self.max_packet,
             _ => MAX_LOGIN_PACKET,
         };
-        let p = match split_logical(&self.inbuf, max) {
-            Ok(Some(p)) => p,
-            Ok(None) => return Ok(None),
-            Err(ProtoError::TooLarge { .. }) => {
-                return Err(Error::packet_too_large(max as u64));
-            }
-            Err(e) => return Err(Error::client_protocol(e.to_string())),
-        };
-        let (seq, payload, used) = (p.first_seq, p.payload.into_owned(), p.consumed);
-        self.inbuf.drain(..used);
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 64 * 1024 {
-            self.inbuf = Vec::new();
+        match split_logical(bytes, max) {
+            Ok(Some(p)) => Ok(Some((p.first_seq, p.payload.into_owned(), p.consumed))),
+            Ok(None) => Ok(None),
+            Err(ProtoError::TooLarge { .. }) => Err(Error::packet_too_large(max as u64)),
+            Err(e) => Err(Error::client_protocol(e.to_string())),
         }
-        Ok(Some((seq, payload)))
     }
 
     fn fail(&mut self, e: Error, events: &mut Vec<Event>) {
@@ -274,14 +298,15 @@ impl PooledClient {
         };
         self.caps = r.capabilities & OFFERED;
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        self.login = Some(LoginRequest {
+        self.login = Some(Box::new(LoginRequest {
             user: text(r.username),
             database: r.database.filter(|d| !d.is_empty()).map(text),
             plugin: r.auth_plugin_name.unwrap_or_default().to_vec(),
             answer: r.auth_response.to_vec(),
             caps: self.caps,
             charset: r.charset,
-        });
+        }));
+        self.charset = r.charset;
         self.response = payload.to_vec();
         self.phase = Phase::Lookup;
         events.push(Event::Login);
@@ -322,20 +347,20 @@ impl PooledClient {
             return self.fail(Error::client_protocol("malformed COM_CHANGE_USER"), events);
         };
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let prev = self.login.as_ref().map_or(45, |l| l.charset);
         // rest: charset (2 bytes), then the plugin name (NUL-terminated), then attributes.
-        let charset = rest.first().copied().unwrap_or(prev);
+        let charset = rest.first().copied().unwrap_or(self.charset);
         let plugin = rest
             .get(2..)
             .map_or(&[][..], |p| p.split(|&b| b == 0).next().unwrap_or(&[]));
-        self.login = Some(LoginRequest {
+        self.login = Some(Box::new(LoginRequest {
             user: text(user),
             database: (!database.is_empty()).then(|| text(database)),
             plugin: plugin.to_vec(),
             answer: auth_response.to_vec(),
             caps: self.caps,
             charset,
-        });
+        }));
+        self.charset = charset;
         self.auth = None;
         self.response.clear();
         self.seq = 1;
@@ -357,7 +382,7 @@ impl PooledClient {
         let mut auth = ServerAuth::new(&self.nonce, Plugin::Native);
         let next =
             auth.handshake_response(stored, sha2_cached, &login.plugin, &login.answer, fresh);
-        self.auth = Some(auth);
+        self.auth = Some(Box::new(auth));
         self.phase = Phase::Auth;
         self.on_next(next, events);
     }
@@ -392,7 +417,7 @@ impl PooledClient {
 
     fn verified(&mut self, events: &mut Vec<Event>) {
         self.phase = Phase::Confirm;
-        let learned = self.auth.as_mut().and_then(ServerAuth::take_learned);
+        let learned = self.auth.as_mut().and_then(|a| a.take_learned());
         events.push(Event::Verified(learned));
     }
 
@@ -408,6 +433,7 @@ impl PooledClient {
         write_ok_packet(&mut out, self.seq, 0, 0, SERVER_STATUS_AUTOCOMMIT, 0);
         self.phase = Phase::Command;
         self.auth = None;
+        self.login = None;
         self.response = Vec::new();
         if self.inflater.is_none() {
             // The first login: compression (if agreed) starts after this OK.
@@ -495,16 +521,6 @@ impl PooledClient {
             write_compressed_frame(&mut out, *comp_seq, bytes, alg, level)
         };
         out
-    }
-
-    /// Memory held by buffers that can be given back between commands.
-    pub fn release_idle_memory(&mut self) {
-        if self.inbuf.is_empty() {
-            self.inbuf = Vec::new();
-        }
-        if let Some(inf) = self.inflater.as_mut() {
-            inf.release_idle_memory();
-        }
     }
 }
 
