@@ -584,8 +584,27 @@ fn too_many_connections_explains_the_fixed_file_ceiling() {
         "--check-config",
     ]));
     assert!(err.contains("--max-connections"), "{err}");
-    assert!(err.contains("RLIMIT_NOFILE = "), "{err}");
-    assert!(err.contains("the ceiling is 1 * ("), "{err}");
+    assert!(
+        err.contains("the ceiling is 1 workers * (RLIMIT_NOFILE "),
+        "{err}"
+    );
+    // Left to choose (workers = 0), the proxy runs as many workers as the tables need.
+    let out = run(&[
+        "--pooled-listen=127.0.0.1:6999",
+        "--backend=127.0.0.1:3306",
+        "--max-connections=1000000",
+        "--check-config",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let summary = stdout(&out);
+    // Whatever this host's RLIMIT_NOFILE, the workers chosen hold the million.
+    let ceiling: u64 = summary
+        .lines()
+        .find(|l| l.starts_with("proxy.max_connections = "))
+        .and_then(|l| l.rsplit("= ").next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no max_connections ceiling in {summary}"));
+    assert!(ceiling >= 1_000_000, "{summary}");
 }
 
 #[test]

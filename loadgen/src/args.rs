@@ -59,7 +59,8 @@ pub struct LoadArgs {
     pub db: String,
     #[arg(long, default_value_t = 64)]
     pub connections: u64,
-    /// Worker threads, one io_uring ring each (default: number of cores).
+    /// Worker threads, one io_uring ring each (default: number of cores, or as many rings as
+    /// --connections needs: each holds RLIMIT_NOFILE sockets).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Seconds of the measured phase (connect: time limit).
@@ -68,7 +69,8 @@ pub struct LoadArgs {
     /// Seconds over which connection opening is spread.
     #[arg(long, default_value_t = 0.0)]
     pub ramp: f64,
-    /// IPv4 source range A-B (or one address), used round-robin per connection.
+    /// IPv4 source range A-B (or one address), used round-robin per connection (default: the
+    /// kernel chooses; to a loopback target, 127.0.0.2 on when one address's ports would not do).
     #[arg(long)]
     pub source: Option<String>,
     /// Query text (default "SELECT 1").
@@ -300,7 +302,7 @@ pub fn plan(workload: Workload, a: &LoadArgs, cores: usize, slots: u32) -> Resul
     }
     let sources = match &a.source {
         Some(s) => parse_source(s)?,
-        None => Vec::new(),
+        None => loopback_sources(&target, connections, local_ports()),
     };
     if !sources.is_empty() && !target.is_ipv4() {
         return Err("--source needs an IPv4 --target".into());
@@ -351,6 +353,37 @@ pub fn plan(workload: Workload, a: &LoadArgs, cores: usize, slots: u32) -> Resul
     })
 }
 
+/// Without --source, connections to a loopback target beyond what one source address's ephemeral
+/// ports allow (keeping 10% of them free) come from 127.0.0.2, 127.0.0.3, ... in turn: every
+/// 127.x.y.z is local, and each gives another set of ports.
+fn loopback_sources(target: &SocketAddr, connections: u32, ports: u32) -> Vec<Ipv4Addr> {
+    let usable = u64::from(ports) * 9 / 10;
+    let SocketAddr::V4(t) = target else {
+        return Vec::new();
+    };
+    if !t.ip().is_loopback() || usable == 0 || u64::from(connections) <= usable {
+        return Vec::new();
+    }
+    let n = u64::from(connections).div_ceil(usable).min(65_000) as u32;
+    (0..n)
+        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 2)) + i))
+        .collect()
+}
+
+/// Ephemeral ports per (source, destination) pair: net.ipv4.ip_local_port_range's size (the
+/// kernel's default range when it cannot be read).
+fn local_ports() -> u32 {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|v| v.parse::<u32>().ok());
+    match (it.next(), it.next()) {
+        (Some(lo), Some(hi)) if hi >= lo => hi - lo + 1,
+        _ => 60_999 - 32_768 + 1,
+    }
+}
+
 /// `--connections` and `--threads`, checked against what the rings can hold.
 fn connections_and_threads(a: &LoadArgs, cores: usize, slots: u32) -> Result<(u32, usize), String> {
     if a.connections == 0 {
@@ -360,12 +393,14 @@ fn connections_and_threads(a: &LoadArgs, cores: usize, slots: u32) -> Result<(u3
         return Err("--connections is too large".into());
     }
     let connections = a.connections as u32;
-    let threads = a.threads.unwrap_or(cores.max(1));
+    let per_ring = slots.saturating_sub(RESERVED_SLOTS);
+    // Without --threads: one per core, or as many rings as the connections need.
+    let needed = connections.div_ceil(per_ring.max(1)) as usize;
+    let threads = a.threads.unwrap_or(cores.max(1).max(needed));
     if threads == 0 {
         return Err("--threads must be at least 1".into());
     }
     let threads = threads.min(connections as usize);
-    let per_ring = slots.saturating_sub(RESERVED_SLOTS);
     let per_thread = connections.div_ceil(threads as u32);
     if per_thread > per_ring {
         let need = connections.div_ceil(per_ring.max(1));
@@ -467,6 +502,21 @@ mod tests {
     }
 
     #[test]
+    fn many_loopback_connections_get_source_addresses() {
+        let lo: SocketAddr = "127.0.0.1:6033".parse().unwrap();
+        assert!(loopback_sources(&lo, 20_000, 28_232).is_empty());
+        // A million over 28,232 ports (90% used): 40 addresses from 127.0.0.2 on.
+        let s = loopback_sources(&lo, 1_000_000, 28_232);
+        assert_eq!(s.len(), 40);
+        assert_eq!(s[0], Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(s[39], Ipv4Addr::new(127, 0, 0, 41));
+        // Not for a remote target: its own address rules there.
+        let remote: SocketAddr = "10.0.0.1:6033".parse().unwrap();
+        assert!(loopback_sources(&remote, 1_000_000, 28_232).is_empty());
+        assert!(local_ports() > 0);
+    }
+
+    #[test]
     fn source_ranges() {
         let s = parse_source("127.0.0.2-127.0.0.4").unwrap();
         assert_eq!(s.len(), 3);
@@ -489,6 +539,11 @@ mod tests {
         assert!(e.contains("--threads 3"), "{e}");
         let a = args(&["--connections", "39968", "--threads", "2"]);
         assert!(plan(Workload::Qps, &a, 2, 20000).is_ok());
+        // Without --threads, as many rings as the connections need (a million: 51 of 19,968).
+        let a = args(&["--connections", "1000000"]);
+        assert_eq!(plan(Workload::Idle, &a, 2, 20000).unwrap().threads, 51);
+        let a = args(&["--connections", "100"]);
+        assert_eq!(plan(Workload::Idle, &a, 2, 20000).unwrap().threads, 2);
         let q = args(&["--query", "SELECT 2", "--duration", "2"]);
         let p = plan(Workload::Qps, &q, 2, 20000).unwrap();
         assert_eq!(p.expect_rows, None);

@@ -81,6 +81,9 @@ pub struct Report {
     pub latency_us: Latency,
     pub errors: Errors,
     pub connect: ConnectStats,
+    /// Seconds from the end of the measured phase until every connection was closed (each sent
+    /// COM_QUIT and saw the server close, or the drain timeout closed what was left).
+    pub close_s: f64,
     pub cpu_s: Cpu,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_rss_kib: Option<u64>,
@@ -203,6 +206,7 @@ mod tests {
             "latency_us",
             "errors",
             "connect",
+            "close_s",
             "cpu_s",
         ] {
             assert!(v.get(k).is_some(), "missing {k}");

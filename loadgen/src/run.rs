@@ -276,6 +276,7 @@ pub fn run(plan: Plan, interrupted: Arc<AtomicBool>) -> anyhow::Result<Outcome> 
     stop.store(true, Ordering::Relaxed);
 
     let joined = running.join();
+    let close_s = t1.elapsed().as_secs_f64();
     metronome_stop.store(true, Ordering::Relaxed);
     if let Some(h) = metronome_handle {
         let _ = h.join();
@@ -347,6 +348,7 @@ pub fn run(plan: Plan, interrupted: Arc<AtomicBool>) -> anyhow::Result<Outcome> 
             },
             time_to_all_s: round3(time_to_all_s),
         },
+        close_s: round3(close_s),
         cpu_s: Cpu {
             loadgen: round3(cpu_self1 - cpu_self0),
             target: match (cpu_target0, cpu_target1) {
