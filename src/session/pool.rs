@@ -131,6 +131,11 @@ impl<S: PartialEq + Copy> Pool<S> {
         self.waiting.remove(pos)
     }
 
+    /// Since when the longest-waiting session waits, if any waits.
+    pub fn oldest_wait(&self) -> Option<Instant> {
+        self.waiting.iter().map(|w| w.since).min()
+    }
+
     /// The first session waiting for any key.
     pub fn first_waiter(&mut self) -> Option<Waiter<S>> {
         self.waiting.pop_front()

@@ -60,6 +60,10 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 /// How long a connection that said COM_QUIT waits for the server to close before the proxy
 /// closes it.
 const QUIT_GRACE: Duration = Duration::from_secs(1);
+/// How long a worker's session must have waited for a connection before the worker asks the
+/// others for room (see [`Pooled::update_hungry`]): waits shorter than that are a busy pool's
+/// normal queueing, and giving connections back and forth for them would only churn.
+const HUNGRY_AFTER: Duration = Duration::from_millis(20);
 
 /// What the workers share for pooled sessions.
 #[derive(Debug)]
@@ -362,6 +366,8 @@ pub struct Pooled {
     scripting: bool,
     /// This worker is counted in [`PooledShared::hungry`].
     hungry: bool,
+    /// Connections in `conns` that said COM_QUIT and wait for the server to close.
+    quitting: usize,
     /// One copy of each set of credentials logged-in sessions use (a thousand sessions of one
     /// user share one), pruned each tick of those no session uses any more.
     creds: HashSet<Arc<Credentials>>,
@@ -390,6 +396,7 @@ impl Pooled {
             draining: false,
             handoffs: Vec::new(),
             hungry: false,
+            quitting: 0,
             creds: HashSet::new(),
             names: HashSet::new(),
             calls: Vec::new(),
@@ -1103,7 +1110,7 @@ impl Pooled {
             key,
             since: now,
         });
-        self.update_hungry();
+        self.update_hungry(now);
         io.set_timer(now + self.ps.wait_timeout, Owner::Pooled(sid).token());
     }
 
@@ -1600,8 +1607,8 @@ impl Pooled {
             .ps
             .max_age
             .is_some_and(|m| now.saturating_duration_since(b.opened_at) >= m);
-        // owes_room: another worker's sessions wait and this worker holds more than its share
-        // (or has no waiter): the room is theirs.
+        // owes_room: another worker's sessions starve and this worker holds more than its
+        // share (or has no waiter): the room is theirs.
         if self.draining || old || self.owes_room() {
             io.stats.pool_closes += 1;
             return self.close_conn(io, bid);
@@ -1644,9 +1651,12 @@ impl Pooled {
 
     // ---- the shared limit between workers ----
 
-    /// Publishes whether this worker's sessions wait for a connection.
-    fn update_hungry(&mut self) {
-        let hungry = self.pool.waiting() > 0;
+    /// Publishes whether this worker's sessions starve: one has waited [`HUNGRY_AFTER`] or more.
+    fn update_hungry(&mut self, now: Instant) {
+        let hungry = self
+            .pool
+            .oldest_wait()
+            .is_some_and(|since| now.saturating_duration_since(since) >= HUNGRY_AFTER);
         if hungry != self.hungry {
             self.hungry = hungry;
             match hungry {
@@ -1664,14 +1674,20 @@ impl Pooled {
     /// Whether this worker may open a connection: not at or past its share while another
     /// worker's sessions wait (the room the limit has then is theirs).
     fn may_open(&self) -> bool {
-        !self.others_hungry() || self.conns.len() < self.ps.share
+        !self.others_hungry() || self.live_conns() < self.ps.share
     }
 
-    /// Whether this worker's free connections are another's: its sessions wait while this
-    /// worker holds more than its share, or has no session waiting (both waiting at their
-    /// shares keep what they hold: no connection goes back and forth).
+    /// Connections that serve or will serve sessions (not those closing): what the share
+    /// compares with, so a connection given up for another worker is not given up twice.
+    fn live_conns(&self) -> usize {
+        self.conns.len() - self.quitting
+    }
+
+    /// Whether this worker's free connections are another's: that one's sessions starve (see
+    /// [`Pooled::update_hungry`]) while this worker holds more than its share, or has no
+    /// session waiting. Both starving at their shares keep what they hold.
     fn owes_room(&self) -> bool {
-        self.others_hungry() && (self.conns.len() > self.ps.share || self.pool.waiting() == 0)
+        self.others_hungry() && (self.live_conns() > self.ps.share || self.pool.waiting() == 0)
     }
 
     /// Every worker tick: waiters get the room the limit has again, and an idle connection
@@ -1680,7 +1696,7 @@ impl Pooled {
         self.creds.retain(|c| Arc::strong_count(c) > 1);
         self.names.retain(|n| Arc::strong_count(n) > 1);
         self.serve_waiters(io);
-        self.update_hungry();
+        self.update_hungry(io.now());
         if self.owes_room() {
             if let Some((_, bid)) = self.pool.take_any(|_| true) {
                 io.stats.pool_closes += 1;
@@ -1771,6 +1787,7 @@ impl Pooled {
         b.end();
         b.session = None;
         b.quitting = Some(io.now());
+        self.quitting += 1;
         let mut quit = Vec::with_capacity(HEADER_LEN + 1);
         write_packet(&mut quit, 0, &[COM_QUIT]);
         io.send_owned(b.sock, quit);
@@ -1783,6 +1800,9 @@ impl Pooled {
         let Some(mut b) = self.conns.remove(bid.0) else {
             return;
         };
+        if b.quitting.is_some() {
+            self.quitting -= 1;
+        }
         self.pool.remove(&b.key.clone(), bid);
         self.ps.limits.release(b.server);
         io.stats.pooled_conns = io.stats.pooled_conns.saturating_sub(1);
