@@ -21,7 +21,7 @@ mod raw;
 use std::collections::BTreeSet;
 use std::fs;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, sleep, JoinHandle};
 use std::time::{Duration, Instant};
@@ -2178,4 +2178,70 @@ fn another_users_idle_connection_changes_user() {
     assert!(now.total <= 1, "{}", now.summary);
     drop((a, b));
     p.finish();
+}
+
+/// Fewer pooled connections allowed than workers (4 workers, at most 2 connections): every
+/// worker's sessions still get served (connections go to the workers whose sessions starve)
+/// instead of the workers without one waiting until pool_wait_timeout_ms.
+#[test]
+fn fewer_connections_than_workers_rotate_without_starving() {
+    let _serial = heavy();
+    let _timer = Timer::start("fewer_connections_than_workers_rotate_without_starving");
+    let db = setup();
+    let toml = user_toml("pl_pin", "pin-pw", None);
+    let source = "127.0.0.24";
+    let p = Pooled::start(
+        db,
+        source,
+        &toml,
+        &["--workers", "4", "--max-backend-connections", "2"],
+    );
+    let port = p.port();
+    let most = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (most, stop) = (Arc::clone(&most), Arc::clone(&stop));
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                most.fetch_max(proxy_conns(db, source).total, Ordering::Relaxed);
+                sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // 24 clients back to back: SO_REUSEPORT spreads them over the 4 workers, and a worker
+    // holding a connection always has sessions of its own waiting for it.
+    let clients: Vec<JoinHandle<Result<(), String>>> = (0..24)
+        .map(|k| {
+            thread::spawn(move || {
+                let mut c = Conn::new(opts(port, "pl_pin", "pin-pw", Some("rp")))
+                    .map_err(|e| format!("client {k}: log in: {e}"))?;
+                for i in 0..50u32 {
+                    let got: Option<u32> = c
+                        .query_first(format!("SELECT {i} + {k}"))
+                        .map_err(|e| format!("client {k} query {i}: {e}"))?;
+                    if got != Some(i + k) {
+                        return Err(format!("client {k} query {i}: {got:?}"));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let errors: Vec<String> = clients
+        .into_iter()
+        .filter_map(|h| h.join().expect("client thread").err())
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    p.finish();
+    assert!(
+        errors.is_empty(),
+        "{} clients failed: {errors:?}",
+        errors.len()
+    );
+    let most = most.load(Ordering::Relaxed);
+    assert!(
+        most <= 2,
+        "the backend saw {most} connections from the proxy (limit 2)"
+    );
 }

@@ -86,11 +86,12 @@ pub struct PooledShared {
     next_conn_id: AtomicU32,
     /// Every pooled session by the connection id its greeting gave (what KILL names).
     registry: Mutex<HashMap<u32, Arc<KillTarget>>>,
-    /// Workers whose sessions wait for a connection. The connection limit is shared, the pools
-    /// are not: while another worker's sessions wait, a worker closes its free connections when
-    /// it holds more than its share or has no session waiting itself.
+    /// Workers whose sessions starve for a connection. The connection limit is shared, the
+    /// pools are not: while another worker's sessions starve, a worker closes its free
+    /// connections when it holds more than its share or has no session waiting itself.
     hungry: AtomicUsize,
-    /// A worker's fair share of the limit: the limit over all backends ÷ workers (at least 1).
+    /// A worker's fair share of the limit: the limit over all backends ÷ workers. 0 when the
+    /// limit is below the worker count: connections then rotate to the workers that starve.
     share: usize,
 }
 
@@ -104,6 +105,16 @@ pub struct KillTarget {
 
 impl PooledShared {
     pub fn new(config: &crate::config::Config, users: Arc<Users>) -> PooledShared {
+        if config.max_backend_connections * config.backends.len() < config.workers {
+            log::warn!(
+                "max_backend_connections {} over {} backend(s) is below the {} workers: a worker \
+                 gives its connection up whenever another worker's sessions starve, so \
+                 connections rotate (raise max_backend_connections to at least the worker count)",
+                config.max_backend_connections,
+                config.backends.len(),
+                config.workers
+            );
+        }
         let ms = Duration::from_millis;
         let opt = |v: u64| (v > 0).then(|| ms(v));
         PooledShared {
@@ -124,8 +135,7 @@ impl PooledShared {
             next_conn_id: AtomicU32::new(1),
             registry: Mutex::new(HashMap::new()),
             hungry: AtomicUsize::new(0),
-            share: (config.max_backend_connections * config.backends.len() / config.workers.max(1))
-                .max(1),
+            share: config.max_backend_connections * config.backends.len() / config.workers.max(1),
         }
     }
 
@@ -1674,7 +1684,9 @@ impl Pooled {
     /// Whether this worker may open a connection: not at or past its share while another
     /// worker's sessions wait (the room the limit has then is theirs).
     fn may_open(&self) -> bool {
-        !self.others_hungry() || self.live_conns() < self.ps.share
+        // With fewer connections allowed than workers the share is 0: a worker still opens
+        // its first one when the limit has room (and gives it up once another worker starves).
+        !self.others_hungry() || self.live_conns() < self.ps.share.max(1)
     }
 
     /// Connections that serve or will serve sessions (not those closing): what the share
