@@ -96,6 +96,26 @@ def sockstat():
     return out
 
 
+# TcpExt counters that show the kernel settings of a connection storm at work.
+STORM_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPMemoryPressures", "TCPAbortOnMemory",
+                  "TCPTimeWaitOverflow")
+
+
+def storm_counters():
+    """The STORM_COUNTERS from /proc/net/netstat, plus "SoftnetDropped": packets the per-CPU
+    input queues (net.core.netdev_max_backlog) dropped, column 2 of /proc/net/softnet_stat."""
+    out = {}
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:]))
+            out = {k: int(table.get(k, 0)) for k in STORM_COUNTERS}
+    with open("/proc/net/softnet_stat") as f:
+        out["SoftnetDropped"] = sum(int(line.split()[1], 16) for line in f if line.strip())
+    return out
+
+
 def meminfo_kib():
     """/proc/meminfo as {"Slab": kib, "SUnreclaim": kib, ...}."""
     out = {}

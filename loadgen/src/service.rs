@@ -175,6 +175,9 @@ pub struct LoadService {
     open: usize,
     /// Rate workload: ready connections with nothing in flight.
     free: Vec<u32>,
+    /// Idle workload: active connections logged in before the measured phase; they start
+    /// querying when it starts, so the connect phase is measured without their load.
+    parked: Vec<u32>,
     rate: RateSchedule,
     metronome: Option<SocketAddr>,
     metronome_sock: Option<SockId>,
@@ -228,6 +231,7 @@ impl LoadService {
             login_queue: VecDeque::new(),
             open: 0,
             free: Vec::new(),
+            parked: Vec::new(),
             rate: RateSchedule {
                 per_sec,
                 start: None,
@@ -413,6 +417,7 @@ impl LoadService {
         }
         match self.plan.workload {
             Workload::Connect => {}
+            Workload::Idle if !self.measuring() => self.parked.push(ci as u32),
             Workload::Idle | Workload::Qps => self.send_query(io, ci, now),
             Workload::Pipeline => {
                 let depth = self.plan.depth;
@@ -770,6 +775,11 @@ impl Service for LoadService {
             self.check_login_timeouts(io, now);
             self.open_due(io, now);
             self.dispatch_rate(io, now);
+            if self.measuring() {
+                for ci in std::mem::take(&mut self.parked) {
+                    self.send_query(io, ci as usize, now);
+                }
+            }
         }
         if let Some((tx, h, last)) = self.progress.as_mut() {
             if now.saturating_duration_since(*last) >= Duration::from_secs(1) {

@@ -1,14 +1,17 @@
 //! The thread-per-core network core, with no MySQL knowledge (the proxy, loadgen's client side and
 //! the mock server all sit on it).
 //!
-//! Each worker thread is pinned to a core and owns one io_uring ring (SINGLE_ISSUER |
-//! DEFER_TASKRUN | COOP_TASKRUN), its SO_REUSEPORT listeners with accepts into direct
-//! descriptors, a provided-buffer ring feeding multishot recvs (an idle connection holds no
-//! receive buffer), a socket table, a timer wheel and an inbox. Backend sockets are created
-//! (IORING_OP_SOCKET), configured (TCP_NODELAY via SOCKET_URING_OP_SETSOCKOPT) and connected
-//! through the ring, with a linked timeout. A connection's queued output leaves as one vectored
-//! `sendmsg` per loop turn; each turn is one `io_uring_enter` that submits everything and waits
-//! for completions, the next timer or the tick.
+//! Each worker thread is pinned to a core (several per core when a configuration needs more
+//! fixed-file tables than there are cores: each ring's table holds RLIMIT_NOFILE sockets, so
+//! workers, not rings per worker, are what a large connection count adds) and owns one io_uring
+//! ring (SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN), its SO_REUSEPORT listeners with
+//! accepts into direct descriptors, a provided-buffer ring feeding multishot recvs (an idle
+//! connection holds no receive buffer), a socket table, a timer wheel and an inbox. Backend
+//! sockets are created (IORING_OP_SOCKET), configured (TCP_NODELAY via
+//! SOCKET_URING_OP_SETSOCKOPT) and connected through the ring, with a linked timeout.
+//! A connection's queued output leaves as one vectored `sendmsg` per loop turn; each turn is
+//! one `io_uring_enter` that submits everything and waits for completions, the next timer or
+//! the tick.
 //!
 //! Why a hand-written loop on the `io-uring` crate and no async runtime: tokio-uring is
 //! unmaintained, drives its ring from an epoll reactor, and has neither multishot operations nor

@@ -4,7 +4,8 @@
 //! receive buffers given back, enter the kernel once (submitting everything and waiting for a
 //! completion, the next timer or the tick), then copy the completions out and hand each to the
 //! [`Service`] as an event, fire due timers, deliver inbox messages, and call the per-turn hook.
-//! The worker has no MySQL knowledge.
+//! Each tick also frees the send-queue storage of sockets that stayed quiet (a slice of the
+//! socket table at a time). The worker has no MySQL knowledge.
 
 use std::io;
 use std::net::SocketAddr;
