@@ -7,6 +7,7 @@
 //! second into the first.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The type a user variable has on the server (it matters: `@a + 1` on '1' and on 1 differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +34,10 @@ pub struct UserVar {
 pub struct SessionState {
     /// The default schema (`USE`, COM_INIT_DB, the login's database).
     pub schema: Option<Vec<u8>>,
-    /// Session system variables, by name, with the value the server reported for them.
-    pub vars: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Session system variables, by name, with the value the server reported for them. Shared
+    /// until changed: the sessions that start from a connection's state (all of them, with a
+    /// server that reports its variables at login) hold one copy, not one each.
+    pub vars: Arc<BTreeMap<Vec<u8>, Vec<u8>>>,
     /// User variables, by name (without `@`).
     pub user_vars: BTreeMap<Vec<u8>, UserVar>,
     /// LAST_INSERT_ID() of the session.
@@ -60,7 +63,10 @@ impl Replay {
 impl SessionState {
     /// Records a system variable change the server reported.
     pub fn set_var(&mut self, name: &[u8], value: &[u8]) {
-        self.vars.insert(name.to_ascii_lowercase(), value.to_vec());
+        let name = name.to_ascii_lowercase();
+        if self.vars.get(&name).map(Vec::as_slice) != Some(value) {
+            Arc::make_mut(&mut self.vars).insert(name, value.to_vec());
+        }
     }
 
     /// Whether autocommit was switched off (every statement then opens a transaction).
@@ -90,7 +96,7 @@ impl SessionState {
     /// LAST_INSERT_ID() is set too (only worth it before a statement that reads it).
     pub fn replay_from(&self, actual: &SessionState, last_insert_id: bool) -> Replay {
         let mut sets: Vec<Vec<u8>> = Vec::new();
-        for (name, value) in &self.vars {
+        for (name, value) in self.vars.iter() {
             if actual.vars.get(name) != Some(value) {
                 sets.push(set_session(name, Some(value)));
             }
