@@ -325,7 +325,7 @@ config_keys! {
         kind: Ip, default: None,
     }
     /// Client connections allowed at once, whole proxy; when not set, the default is lowered to
-    /// what the host can hold.
+    /// what the host can hold; when set with workers = 0, the proxy runs enough workers for it.
     max_connections: usize {
         key: proxy.max_connections, flag: "max-connections",
         kind: Int<1, NO_MAX>, default: DEFAULT_MAX_CONNECTIONS,
@@ -465,7 +465,8 @@ config_keys! {
         key: runtime.buffer_size, flag: "buffer-size",
         kind: Size<{ 4 * KIB }, MIB>, default: "16KiB",
     }
-    /// Provided receive buffers per worker.
+    /// Provided receive buffers per worker (not set and with more workers than cores, each gets
+    /// its share of the cores' count, at least 128).
     buffer_count: u16 {
         key: runtime.buffer_count, flag: "buffer-count",
         kind: PowerOfTwo<16, 32_768>, default: 1024,
