@@ -576,13 +576,6 @@ fn rlimit_nofile() -> std::io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-/// Most pass-through clients `workers` workers can hold when each ring's fixed-file table has
-/// `slots_per_worker` slots: `workers * (slots_per_worker - RESERVED_SLOTS_PER_WORKER) /
-/// SLOTS_PER_CLIENT`.
-pub fn max_possible_connections(workers: u64, slots_per_worker: u64) -> u64 {
-    Room::pass_through(slots_per_worker).clients(workers)
-}
-
 /// How a worker ring's fixed-file table is shared out: what is left for clients once the reserve
 /// and the pooled backend connections are counted, and how many slots each client takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -597,6 +590,8 @@ pub struct Room {
 }
 
 impl Room {
+    /// The table of a worker with pass-through listeners only (the tests' arithmetic).
+    #[cfg(test)]
     fn pass_through(slots_per_worker: u64) -> Room {
         Room {
             slots_per_worker,
@@ -2166,12 +2161,6 @@ impl Config {
         Merged::new(file, cli).validate(host)
     }
 
-    /// Most client connections this configuration's workers can hold on this machine.
-    pub fn connection_ceiling(&self) -> u64 {
-        self.room(u64::from(fixed_file_slots_per_worker()))
-            .clients(self.workers as u64)
-    }
-
     /// How each worker's fixed-file table of `slots_per_worker` slots is shared out.
     pub fn room(&self, slots_per_worker: u64) -> Room {
         let free = slots_per_worker.saturating_sub(u64::from(RESERVED_SLOTS_PER_WORKER));
@@ -3035,7 +3024,7 @@ mod tests {
     fn default_max_connections_adapts_to_the_ceiling_but_a_chosen_value_does_not() {
         // One worker holds 9992 clients at RLIMIT_NOFILE 20000: the 10000 default shrinks to it.
         let c = ok(BACKEND, &["--workers=1"]);
-        let ceiling = max_possible_connections(1, Host::current().slots_per_worker);
+        let ceiling = Room::pass_through(Host::current().slots_per_worker).clients(1);
         assert_eq!(
             c.max_connections as u64,
             DEFAULT_MAX_CONNECTIONS.min(ceiling)
@@ -3051,10 +3040,10 @@ mod tests {
 
     #[test]
     fn ceiling_arithmetic() {
-        assert_eq!(max_possible_connections(2, 20_000), 19_984);
-        assert_eq!(max_possible_connections(1, 1024), 504);
-        assert_eq!(max_possible_connections(3, 10), 0);
-        assert_eq!(max_possible_connections(0, 20_000), 0);
+        assert_eq!(Room::pass_through(20_000).clients(2), 19_984);
+        assert_eq!(Room::pass_through(1024).clients(1), 504);
+        assert_eq!(Room::pass_through(10).clients(3), 0);
+        assert_eq!(Room::pass_through(20_000).clients(0), 0);
     }
 
     #[test]

@@ -105,7 +105,8 @@ pub struct KillTarget {
 
 impl PooledShared {
     pub fn new(config: &crate::config::Config, users: Arc<Users>) -> PooledShared {
-        if config.max_backend_connections * config.backends.len() < config.workers {
+        let share = config.max_backend_connections * config.backends.len() / config.workers.max(1);
+        if share == 0 {
             log::warn!(
                 "max_backend_connections {} over {} backend(s) is below the {} workers: a worker \
                  gives its connection up whenever another worker's sessions starve, so \
@@ -135,7 +136,7 @@ impl PooledShared {
             next_conn_id: AtomicU32::new(1),
             registry: Mutex::new(HashMap::new()),
             hungry: AtomicUsize::new(0),
-            share: config.max_backend_connections * config.backends.len() / config.workers.max(1),
+            share,
         }
     }
 
@@ -2195,9 +2196,6 @@ fn record_prepare(
     }
 }
 
-/// Runs `job` on `b`: `payload` (a command, sequence id 0).
-/// Whether connection `b` may serve a session its script routes to backend `route` (any
-/// connection when there is no route).
 /// The copy of `value` in `set` (added when there is none).
 fn intern<T: std::hash::Hash + Eq + ?Sized>(set: &mut HashSet<Arc<T>>, value: Arc<T>) -> Arc<T> {
     if let Some(same) = set.get(&value) {
@@ -2207,6 +2205,8 @@ fn intern<T: std::hash::Hash + Eq + ?Sized>(set: &mut HashSet<Arc<T>>, value: Ar
     value
 }
 
+/// Whether connection `b` may serve a session its script routes to backend `route` (any
+/// connection when there is no route).
 fn on_route(conns: &Slab<PooledBackend>, route: Option<usize>, b: BackendId) -> bool {
     route.is_none_or(|r| conns.get(b.0).is_some_and(|c| c.server == r))
 }
