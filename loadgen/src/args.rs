@@ -302,7 +302,12 @@ pub fn plan(workload: Workload, a: &LoadArgs, cores: usize, slots: u32) -> Resul
     }
     let sources = match &a.source {
         Some(s) => parse_source(s)?,
-        None => loopback_sources(&target, connections, local_ports()),
+        // The kernel's default range when /proc cannot be read.
+        None => loopback_sources(
+            &target,
+            connections,
+            crate::sys::ephemeral_ports().unwrap_or(60_999 - 32_768 + 1),
+        ),
     };
     if !sources.is_empty() && !target.is_ipv4() {
         return Err("--source needs an IPv4 --target".into());
@@ -356,8 +361,8 @@ pub fn plan(workload: Workload, a: &LoadArgs, cores: usize, slots: u32) -> Resul
 /// Without --source, connections to a loopback target beyond what one source address's ephemeral
 /// ports allow (keeping 10% of them free) come from 127.0.0.2, 127.0.0.3, ... in turn: every
 /// 127.x.y.z is local, and each gives another set of ports.
-fn loopback_sources(target: &SocketAddr, connections: u32, ports: u32) -> Vec<Ipv4Addr> {
-    let usable = u64::from(ports) * 9 / 10;
+fn loopback_sources(target: &SocketAddr, connections: u32, ports: u64) -> Vec<Ipv4Addr> {
+    let usable = ports * 9 / 10;
     let SocketAddr::V4(t) = target else {
         return Vec::new();
     };
@@ -368,20 +373,6 @@ fn loopback_sources(target: &SocketAddr, connections: u32, ports: u32) -> Vec<Ip
     (0..n)
         .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 2)) + i))
         .collect()
-}
-
-/// Ephemeral ports per (source, destination) pair: net.ipv4.ip_local_port_range's size (the
-/// kernel's default range when it cannot be read).
-fn local_ports() -> u32 {
-    let text =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut it = text
-        .split_whitespace()
-        .filter_map(|v| v.parse::<u32>().ok());
-    match (it.next(), it.next()) {
-        (Some(lo), Some(hi)) if hi >= lo => hi - lo + 1,
-        _ => 60_999 - 32_768 + 1,
-    }
 }
 
 /// `--connections` and `--threads`, checked against what the rings can hold.
@@ -513,7 +504,7 @@ mod tests {
         // Not for a remote target: its own address rules there.
         let remote: SocketAddr = "10.0.0.1:6033".parse().unwrap();
         assert!(loopback_sources(&remote, 1_000_000, 28_232).is_empty());
-        assert!(local_ports() > 0);
+        assert!(crate::sys::ephemeral_ports().is_some_and(|p| p > 0));
     }
 
     #[test]
