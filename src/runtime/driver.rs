@@ -118,6 +118,23 @@ impl From<Duration> for Timeout {
     }
 }
 
+/// How many completions a wait would like before it returns, and how long it may wait for
+/// them once one has arrived (the kernel's min-wait): under load, one wake-up then carries
+/// several completions instead of one each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    pub want: u32,
+    pub min_wait: Duration,
+}
+
+impl Batch {
+    /// Return as soon as one completion is ready.
+    pub const ONE: Batch = Batch {
+        want: 1,
+        min_wait: Duration::ZERO,
+    };
+}
+
 /// What the worker needs from a ring. Every method is called on the worker's thread only.
 pub trait Driver {
     /// Submission-queue entries free right now.
@@ -126,8 +143,10 @@ pub trait Driver {
     fn push(&mut self, op: Op, user_data: u64, link: Link);
     /// Hands every queued operation to the kernel without waiting.
     fn submit(&mut self) -> io::Result<()>;
-    /// Submits and waits until at least one completion is ready or `timeout` passed.
-    fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()>;
+    /// Submits and waits until at least one completion is ready or `timeout` passed. With a
+    /// [`Batch`] of more than one, it first waits up to `batch.min_wait` for that many (rings
+    /// without the kernel's min-wait, 6.12+, treat it as a batch of one).
+    fn submit_and_wait(&mut self, timeout: Duration, batch: Batch) -> io::Result<()>;
     /// Moves every ready completion to `out`.
     fn reap(&mut self, out: &mut Vec<Cqe>);
     /// Registers `count` receive buffers of `size` bytes starting at `base` as the provided

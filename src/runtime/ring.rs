@@ -14,7 +14,7 @@ use io_uring::types::BufRingEntry;
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::buffers::Mapping;
-use super::driver::{Cqe, Driver, Link, Op};
+use super::driver::{Batch, Cqe, Driver, Link, Op};
 use super::placement;
 
 /// The buffer group id every worker uses for its receive buffers.
@@ -200,6 +200,8 @@ pub struct Uring {
     ring: IoUring,
     provided: Option<ProvidedRing>,
     listeners: Vec<Option<OwnedFd>>,
+    /// The kernel takes a min-wait with its waits (IORING_FEAT_MIN_TIMEOUT, 6.12+).
+    min_wait: bool,
 }
 
 impl Uring {
@@ -216,10 +218,12 @@ impl Uring {
                     ),
                 )
             })?;
+        let min_wait = ring.params().is_feature_min_timeout();
         Ok(Uring {
             ring,
             provided: None,
             listeners: Vec::new(),
+            min_wait,
         })
     }
 
@@ -318,10 +322,17 @@ impl Driver for Uring {
         }
     }
 
-    fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+    fn submit_and_wait(&mut self, timeout: Duration, batch: Batch) -> io::Result<()> {
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        let batched = self.min_wait && batch.want > 1 && !batch.min_wait.is_zero();
+        let (want, args) = if batched {
+            let us = batch.min_wait.as_micros().min(u32::MAX as u128) as u32;
+            (batch.want, args.min_wait_usec(us))
+        } else {
+            (1, args)
+        };
+        match self.ring.submitter().submit_with_args(want as usize, &args) {
             Ok(_) => Ok(()),
             Err(e)
                 if matches!(

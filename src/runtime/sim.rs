@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::driver::{Cqe, Driver, Link, Op, Timeout, CQE_F_BUFFER, CQE_F_MORE};
+use super::driver::{Batch, Cqe, Driver, Link, Op, Timeout, CQE_F_BUFFER, CQE_F_MORE};
 use super::placement;
 
 /// What a peer does after the worker sent it something or it was given a turn.
@@ -785,7 +785,7 @@ impl Driver for SimDriver {
         Ok(())
     }
 
-    fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+    fn submit_and_wait(&mut self, timeout: Duration, _batch: Batch) -> io::Result<()> {
         let mut net = self.0.borrow_mut();
         net.submit();
         net.run(timeout);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::buffers::{BufMem, BufRef};
-use super::driver::{Cqe, Driver};
+use super::driver::{Batch, Cqe, Driver};
 use super::inbox::Inbox;
 use super::io::{
     AcceptSlot, Event, Io, Listener, MemoryBudget, WakeRead, ACCEPTS_PER_LISTENER, RUNTIME_TIMER,
@@ -30,6 +30,11 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// (80 ticks), so storage is freed after 4–8 s without output and a busy socket keeps its own.
 const SWEEP_PER_TICK: usize = 256;
 
+/// Completions in one turn from which the next wait asks for a batch ([`Worker::batch`]).
+const BUSY_TURN: usize = 8;
+/// The largest batch a wait asks for.
+const MAX_BATCH: usize = 64;
+
 /// Runtime settings of one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -44,6 +49,9 @@ pub struct WorkerConfig {
     pub linger: Duration,
     /// Fixed-file slots this worker's ring gets (capped by RLIMIT_NOFILE).
     pub fixed_slots: u32,
+    /// How long a wait may hold on for more completions once one is ready, when the last turn
+    /// showed load (see [`Worker::batch`]); zero: never.
+    pub batch_wait: Duration,
 }
 
 impl WorkerConfig {
@@ -60,6 +68,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(2),
             linger: Duration::from_secs(5),
             fixed_slots,
+            batch_wait: Duration::ZERO,
         }
     }
 }
@@ -128,6 +137,9 @@ pub struct Worker<S: Service> {
     shutdown: Arc<AtomicBool>,
     shared: Arc<SharedStats>,
     drain_timeout: Duration,
+    batch_wait: Duration,
+    /// Completions the last turn reaped (the load the next wait is sized by).
+    reaped: usize,
     cqes: Vec<Cqe>,
     fired: Vec<u64>,
     msgs: Vec<S::Msg>,
@@ -221,6 +233,8 @@ impl<S: Service> Worker<S> {
             shutdown: parts.shutdown,
             shared: parts.stats,
             drain_timeout: cfg.drain_timeout,
+            batch_wait: cfg.batch_wait,
+            reaped: 0,
             cqes: Vec::with_capacity(1024),
             fired: Vec::new(),
             msgs: Vec::new(),
@@ -252,8 +266,9 @@ impl<S: Service> Worker<S> {
         self.io.flush();
         self.io.driver.publish_buffers();
         let wait = self.wait_bound();
+        let batch = self.batch(wait);
         self.io.stats.enter_calls += 1;
-        self.io.driver.submit_and_wait(wait)?;
+        self.io.driver.submit_and_wait(wait, batch)?;
         self.io.iov_arena.clear();
         self.io.msg_arena.clear();
         self.io.now = self.io.driver.now();
@@ -292,10 +307,16 @@ impl<S: Service> Worker<S> {
         }
     }
 
+    /// How many completions the next wait asks for (see [`batch_for`]).
+    fn batch(&self, wait: Duration) -> Batch {
+        batch_for(self.reaped, wait, self.batch_wait)
+    }
+
     fn dispatch_completions(&mut self) {
         self.cqes.clear();
         self.cqes.append(&mut self.io.deferred);
         self.io.driver.reap(&mut self.cqes);
+        self.reaped = self.cqes.len();
         self.io.stats.cqes += self.cqes.len() as u64;
         let cqes = std::mem::take(&mut self.cqes);
         for &cqe in &cqes {
@@ -425,5 +446,41 @@ impl<S: Service> Worker<S> {
         self.io.stats.fixed_slots_in_use = u64::from(self.io.socks.slots_in_use());
         self.io.stats.memory_bytes = self.io.owned_bytes as u64;
         self.shared.store(&self.io.stats);
+    }
+}
+
+/// How many completions a wait of at most `wait` asks for after a turn that reaped `reaped`. A
+/// turn that reaped few (low load) asks for one, so a lone query is never held back; after a
+/// busy turn it asks for half as many as that turn had, for at most `batch_wait` once the first
+/// is ready. Never with a zero wait (the kernel would stretch it to the min-wait).
+fn batch_for(reaped: usize, wait: Duration, batch_wait: Duration) -> Batch {
+    if batch_wait.is_zero() || wait.is_zero() || reaped < BUSY_TURN {
+        return Batch::ONE;
+    }
+    Batch {
+        want: (reaped / 2).min(MAX_BATCH) as u32,
+        min_wait: batch_wait,
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn waits_batch_only_after_busy_turns_and_never_with_a_zero_wait() {
+        let us50 = Duration::from_micros(50);
+        assert_eq!(batch_for(3, TICK, us50), Batch::ONE);
+        assert_eq!(batch_for(BUSY_TURN - 1, TICK, us50), Batch::ONE);
+        assert_eq!(
+            batch_for(20, TICK, us50),
+            Batch {
+                want: 10,
+                min_wait: us50
+            }
+        );
+        assert_eq!(batch_for(1000, TICK, us50).want, MAX_BATCH as u32);
+        assert_eq!(batch_for(20, Duration::ZERO, us50), Batch::ONE);
+        assert_eq!(batch_for(20, TICK, Duration::ZERO), Batch::ONE);
     }
 }
