@@ -471,13 +471,6 @@ config_keys! {
         key: runtime.buffer_count, flag: "buffer-count",
         kind: PowerOfTwo<16, 32_768>, default: 1024,
     }
-    /// After a busy loop turn, how long a worker's next wait may hold on for more completions
-    /// once one is ready, in microseconds (the kernel's io_uring min-wait, 6.12+; older kernels
-    /// ignore it): fewer wake-ups per query under load, no delay at low load; 0 = off.
-    batch_wait_us: u64 {
-        key: runtime.batch_wait_us, flag: "batch-wait-us",
-        kind: Int<0, 10_000>, default: 50,
-    }
     /// Unsent bytes queued for one connection above which the proxy stops reading its peer; at
     /// least buffer_size.
     send_high_water: usize {

@@ -53,7 +53,7 @@ pub fn worker_config(config: &Config, index: usize, fixed_slots: u32) -> WorkerC
         drain_timeout: Duration::from_millis(config.drain_timeout_ms),
         linger: Duration::from_millis(config.linger_timeout_ms),
         fixed_slots,
-        batch_wait: Duration::from_micros(config.batch_wait_us),
+        batch_wait: crate::runtime::worker::BATCH_WAIT,
     }
 }
 
