@@ -431,6 +431,14 @@ config_keys! {
         key: proxy.autocommit_off_pins, flag: "autocommit-off-pins",
         kind: Switch, default: true, mode: pooled,
     }
+    /// Pooled sessions' plain SELECTs (no session state read or changed, not slow) that find no
+    /// free backend connection are sent behind other sessions' SELECTs on a busy one instead of
+    /// waiting, up to this many per connection; the responses come back in order, each to its
+    /// client. 0 = never (such a query waits for a free connection).
+    pipeline_depth: usize {
+        key: proxy.pipeline_depth, flag: "pipeline-depth",
+        kind: Int<0, 64>, default: 8, mode: pooled,
+    }
     /// How long a pooled session's query may wait for a backend connection before it gets an
     /// error, in milliseconds.
     pool_wait_timeout_ms: u64 {

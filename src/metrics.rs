@@ -103,6 +103,10 @@ stats! {
     /// Sessions that waited for a connection, and waits that ran out (the query got an error).
     pool_waits,
     pool_wait_timeouts,
+    /// Commands pipelined behind other sessions' commands on a busy connection (instead of a
+    /// wait), and pipelined commands sent again on another connection after theirs failed.
+    pool_pipelined,
+    pool_pipeline_retries,
     /// Connections reset (COM_RESET_CONNECTION) before going back to the pool, and closed
     /// instead of pooled (state that cannot be reset, or the pool is past its limits).
     pool_resets,

@@ -54,6 +54,7 @@ const ACCOUNTS: &[(&str, &str)] = &[
     ("pl_ps", "ps-pw"),
     ("pl_pin", "pin-pw"),
     ("pl_bad", "bad-pw"),
+    ("pl_pipe", "pipe-pw"),
 ];
 
 /// The shared MariaDB with this file's accounts, schemas and tables (created once).
@@ -2243,5 +2244,147 @@ fn fewer_connections_than_workers_rotate_without_starving() {
     assert!(
         most <= 2,
         "the backend saw {most} connections from the proxy (limit 2)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipelined multiplexing
+// ---------------------------------------------------------------------------------------------
+
+/// One client of the pipelining test: plain SELECTs (text and prepared) that name the client,
+/// so an answer meant for another session shows; every 8th round a transaction that inserts a
+/// row only it may see until it rolls back; and a user variable of its own.
+fn pipe_client(port: u16, i: usize, deadline: Instant) -> Result<usize, String> {
+    let mut conn = Conn::new(opts(port, "pl_pipe", "pipe-pw", Some("rp")))
+        .map_err(|e| format!("client {i}: log in: {e}"))?;
+    let stmt = conn
+        .prep("SELECT v, ? FROM pl_ps WHERE id = ?")
+        .map_err(|e| format!("client {i}: prepare: {e}"))?;
+    conn.query_drop(format!("SET @mine = {i}"))
+        .map_err(|e| format!("client {i}: SET: {e}"))?;
+    let mut queries = 0;
+    let mut round = 0;
+    while Instant::now() < deadline {
+        round += 1;
+        let k = (i * 7 + round) % 100 + 1;
+        let want = vec![some(&format!("v{k}")), some(&i.to_string())];
+        let got = row_of(
+            &mut conn,
+            &format!("SELECT v, {i} FROM pl_ps WHERE id = {k}"),
+        )
+        .map_err(|e| format!("client {i} round {round}: text SELECT: {e}"))?;
+        if got != want {
+            return Err(format!(
+                "client {i} round {round}: text SELECT got {got:?}, want {want:?}"
+            ));
+        }
+        let row: Option<mysql::Row> = conn
+            .exec_first(&stmt, (i as i64, k as i64))
+            .map_err(|e| format!("client {i} round {round}: EXECUTE: {e}"))?;
+        let got = row.map(texts).unwrap_or_default();
+        if got != want {
+            return Err(format!(
+                "client {i} round {round}: EXECUTE got {got:?}, want {want:?}"
+            ));
+        }
+        let others = value(
+            &mut conn,
+            "SELECT COUNT(*) FROM pl_pin_t WHERE tag LIKE 'pipe-%'",
+        );
+        if others != some("0") {
+            return Err(format!(
+                "client {i} round {round}: saw {others:?} uncommitted rows of other sessions' transactions"
+            ));
+        }
+        queries += 3;
+        if round % 8 == 0 {
+            let tag = format!("pipe-{i}");
+            conn.query_drop("BEGIN")
+                .and_then(|_| {
+                    conn.query_drop(format!("INSERT INTO pl_pin_t (tag) VALUES ('{tag}')"))
+                })
+                .map_err(|e| format!("client {i} round {round}: transaction: {e}"))?;
+            let own = value(
+                &mut conn,
+                &format!("SELECT COUNT(*) FROM pl_pin_t WHERE tag = '{tag}'"),
+            );
+            conn.query_drop("ROLLBACK")
+                .map_err(|e| format!("client {i} round {round}: ROLLBACK: {e}"))?;
+            if own != some("1") {
+                return Err(format!(
+                    "client {i} round {round}: own uncommitted row: {own:?}"
+                ));
+            }
+            let mine = value(&mut conn, "SELECT @mine");
+            if mine != some(&i.to_string()) {
+                return Err(format!("client {i} round {round}: @mine = {mine:?}"));
+            }
+            queries += 5;
+        }
+    }
+    Ok(queries)
+}
+
+/// The counter `name` of a `--stats-file` JSON.
+fn stat(path: &std::path::Path, name: &str) -> u64 {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let at = text
+        .find(&format!("\"{name}\":"))
+        .unwrap_or_else(|| panic!("{name} not in the stats file: {text}"));
+    let digits: String = text[at + name.len() + 3..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("a number")
+}
+
+#[test]
+fn pipelined_selects_answer_each_client_its_own_rows() {
+    let _serial = heavy();
+    let _timer = Timer::start("pipelined_selects_answer_each_client_its_own_rows");
+    let db = setup();
+    const CLIENTS: usize = 48;
+    let stats_dir = tempfile::tempdir().expect("temp dir");
+    let stats = stats_dir.path().join("stats.json");
+    let toml = user_toml("pl_pipe", "pipe-pw", None);
+    let p = Pooled::start(
+        db,
+        "127.0.0.25",
+        &toml,
+        &[
+            "--max-backend-connections",
+            "2",
+            "--pipeline-depth",
+            "8",
+            "--stats-file",
+            stats.to_str().expect("utf-8 path"),
+        ],
+    );
+    let port = p.port();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| thread::spawn(move || pipe_client(port, i, deadline)))
+        .collect();
+    let mut failures = Vec::new();
+    let mut queries = 0;
+    for t in threads {
+        match t.join().expect("client thread") {
+            Ok(n) => queries += n,
+            Err(e) => failures.push(e),
+        }
+    }
+    let log = p.log_tail();
+    p.finish();
+    let pipelined = stat(&stats, "pool_pipelined");
+    eprintln!("pipelined: {queries} queries by {CLIENTS} clients over 2 connections, {pipelined} pipelined");
+    assert!(
+        failures.is_empty(),
+        "{} of {CLIENTS} clients failed; first: {}\nproxy log tail:\n{log}",
+        failures.len(),
+        failures[0]
+    );
+    assert!(
+        pipelined > queries as u64 / 10,
+        "only {pipelined} of {queries} queries were pipelined"
     );
 }

@@ -394,6 +394,66 @@ pub fn classify_with(sql: &[u8], backslash_escapes: bool) -> Statement<'_> {
     a.finish()
 }
 
+/// Words that make a SELECT unfit to share a connection with other sessions' queries: it
+/// writes somewhere (INTO a file or variables), locks rows (and may wait for them), waits on
+/// purpose, or moves a sequence.
+const NOT_PIPELINED: &[&[u8]] = &[
+    b"INTO",
+    b"UPDATE",
+    b"SHARE",
+    b"LOCK",
+    b"SLEEP",
+    b"BENCHMARK",
+    b"NEXTVAL",
+    b"LASTVAL",
+    b"SETVAL",
+    b"NEXT",
+    b"PREVIOUS",
+    b"ROW_COUNT",
+    b"CONNECTION_ID",
+];
+
+/// For a statement that may be pipelined with other sessions' queries on one connection — a
+/// single plain SELECT that neither reads nor changes session state (no variables assigned, no
+/// locks, no FOUND_ROWS / LAST_INSERT_ID / ROW_COUNT, no transaction, no INTO, no FOR UPDATE or
+/// SHARE, no SLEEP, no sequence) — the hash of its shape (its tokens with literals left out), so
+/// statements that differ only in their literals share one entry of the proxy's latency record.
+/// `None` for every other statement.
+pub fn pipeline_shape(sql: &[u8]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let c = classify(sql);
+    let changes = c.multi_statement
+        || c.lock_tables
+        || c.flush_with_read_lock
+        || c.get_lock
+        || c.temporary_table
+        || c.calc_found_rows
+        || c.found_rows
+        || c.last_insert_id
+        || c.text_prepare
+        || c.load_data
+        || c.transaction
+        || c.user_var_write
+        || c.sets_system_vars;
+    if c.kind != Kind::Select || changes {
+        return None;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for t in Lexer::new(sql) {
+        match t.token {
+            Token::Word(_) if is_kw_in(Some(t.token), NOT_PIPELINED) => return None,
+            Token::Word(w) if w.first().is_some_and(u8::is_ascii_digit) => b'?'.hash(&mut h),
+            Token::Word(w) => w.to_ascii_uppercase().hash(&mut h),
+            Token::Str { .. } => b'?'.hash(&mut h),
+            Token::Ident(w) | Token::SysVar(w) => w.hash(&mut h),
+            Token::UserVar { .. } => return None,
+            Token::Assign => return None,
+            Token::Punct(p) => p.hash(&mut h),
+        }
+    }
+    Some(h.finish())
+}
+
 /// The names (without `@`, unquoted) of the user variables `sql` assigns, in order and possibly
 /// repeated: `SET @a = ...`, `@a := ...` anywhere, `SELECT ... INTO @a, @b`,
 /// `GET DIAGNOSTICS @a = ...`, and (as they may be written) user variables passed bare as CALL
@@ -1381,6 +1441,60 @@ fn session_autocommit(s: &[u8]) -> bool {
         None => true,
     };
     scope_ok && scoped_name(s).eq_ignore_ascii_case(b"autocommit")
+}
+
+#[cfg(test)]
+mod pipeline_tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_selects_without_session_effects_are_pipelined() {
+        for ok in [
+            "SELECT c FROM sbtest1 WHERE id=42",
+            "select 1",
+            "SELECT DISTINCT c FROM sbtest1 WHERE id BETWEEN 1 AND 100 ORDER BY c",
+            "SELECT SUM(k) FROM t WHERE id IN (1,2,3)",
+            "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+            "SELECT 'it''s' /* comment */",
+        ] {
+            assert!(pipeline_shape(ok.as_bytes()).is_some(), "{ok}");
+        }
+        for no in [
+            "INSERT INTO t VALUES (1)",
+            "SELECT 1; SELECT 2",
+            "SELECT @a := 1",
+            "SELECT @a",
+            "SELECT c INTO @x FROM t",
+            "SELECT * FROM t INTO OUTFILE '/tmp/x'",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT * FROM t LOCK IN SHARE MODE",
+            "SELECT * FROM t FOR SHARE",
+            "SELECT SLEEP(1)",
+            "SELECT GET_LOCK('a', 1)",
+            "SELECT SQL_CALC_FOUND_ROWS * FROM t",
+            "SELECT FOUND_ROWS()",
+            "SELECT LAST_INSERT_ID()",
+            "SELECT ROW_COUNT()",
+            "SELECT NEXTVAL(s)",
+            "SELECT NEXT VALUE FOR s",
+            "SET @a = 1",
+            "BEGIN",
+            "SHOW WARNINGS",
+        ] {
+            assert_eq!(pipeline_shape(no.as_bytes()), None, "{no}");
+        }
+    }
+
+    #[test]
+    fn statements_differing_only_in_literals_share_a_shape() {
+        let a = pipeline_shape(b"SELECT c FROM sbtest1 WHERE id=42");
+        assert_eq!(a, pipeline_shape(b"select c from sbtest1 where id = 7"));
+        assert_eq!(
+            pipeline_shape(b"SELECT * FROM t WHERE a = 'x'"),
+            pipeline_shape(b"SELECT * FROM t WHERE a = 'yy'")
+        );
+        assert_ne!(a, pipeline_shape(b"SELECT c FROM sbtest2 WHERE id=42"));
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub enum Action {
     PauseRead,
     /// (backend) A response ended; the tracker has room again.
     ResponseEnd,
+    /// (pooled backend) The response of a pipelined command begins: what follows goes to this
+    /// session (`None`: its client left, drop it).
+    Responder(Option<super::PooledId>),
     /// End the session.
     End(End),
 }

@@ -11,6 +11,7 @@
 //! first ([`SessionState::replay_from`]). A session keeps its connection while something that
 //! cannot be replayed holds (see [`Pins`] and [`Held`]); nothing is refused for it.
 
+mod pipeline;
 mod script;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -79,6 +80,8 @@ pub struct PooledShared {
     pub failure_delay: Duration,
     /// autocommit=0 alone pins a session (`autocommit_off_pins`).
     pub autocommit_off_pins: bool,
+    /// Commands pipelined per connection at most (`pipeline_depth`; 0: none).
+    pub pipeline_depth: usize,
     /// Listeners from this index on are pooled ones.
     pub first_listener: usize,
     /// Failed logins per client address: count and time of the last.
@@ -131,6 +134,7 @@ impl PooledShared {
             wait_timeout: ms(config.pool_wait_timeout_ms),
             failure_delay: ms(config.auth_failure_delay_ms),
             autocommit_off_pins: config.autocommit_off_pins,
+            pipeline_depth: config.pipeline_depth,
             first_listener: config.listen.len(),
             failures: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU32::new(1),
@@ -262,6 +266,12 @@ struct Running {
     lock_calls: Vec<sql::LockCall>,
     /// The temporary table it creates or the tables it drops.
     temp: Option<sql::TempTables>,
+    /// Its shape, when it is a statement that may be pipelined (see [`pipeline`]).
+    shape: Option<u64>,
+    /// When it was sent.
+    sent_at: Option<Instant>,
+    /// It was pipelined behind other sessions' commands.
+    rode: bool,
 }
 
 /// What the proxy read of a COM_QUERY.
@@ -312,6 +322,8 @@ struct Session {
     state: SessionState,
     conn: Option<BackendId>,
     last_conn: Option<BackendId>,
+    /// The connection its command is pipelined on, until its response begins (then `conn`).
+    riding: Option<BackendId>,
     pins: Pins,
     /// User locks (GET_LOCK) the session holds by literal name, with how often taken.
     user_locks: Vec<(Vec<u8>, u32)>,
@@ -384,6 +396,11 @@ pub struct Pooled {
     creds: HashSet<Arc<Credentials>>,
     /// One copy of each user name the sessions' pool keys hold, pruned the same way.
     names: HashSet<Arc<str>>,
+    /// Busy connections whose command others may be pipelined behind (checked when used).
+    pipelines: Vec<BackendId>,
+    /// Per statement shape, the moving average of its time on a connection of its own, in µs
+    /// (see [`pipeline`]).
+    shapes: HashMap<u64, u32>,
 }
 
 impl Pooled {
@@ -410,6 +427,8 @@ impl Pooled {
             quitting: 0,
             creds: HashSet::new(),
             names: HashSet::new(),
+            pipelines: Vec::new(),
+            shapes: HashMap::new(),
             calls: Vec::new(),
             scripting: shared_script,
         }
@@ -464,6 +483,7 @@ impl Pooled {
             state: SessionState::default(),
             conn: None,
             last_conn: None,
+            riding: None,
             pins: Pins::default(),
             user_locks: Vec::new(),
             temp_tables: Vec::new(),
@@ -1018,6 +1038,7 @@ impl Pooled {
             }
             run.prepare = Some((client_id, key));
         }
+        run.shape = pipeline::shape_of(&self.stmts, self.ps.pipeline_depth, s, &payload);
         run.payload = payload;
         s.running = Some(Box::new(run));
         self.acquire(io, sid);
@@ -1062,6 +1083,9 @@ impl Pooled {
         };
         if let Some(bid) = opened {
             return self.hold_new(io, sid, bid);
+        }
+        if self.try_ride(io, sid) {
+            return;
         }
         // Full: an idle connection of another user is logged in again as this one (or, with
         // other capabilities, makes room once the server has closed it: the session waits).
@@ -1239,6 +1263,7 @@ impl Pooled {
             Err(None) => return,
         };
         run.sent = true;
+        run.sent_at = Some(io.now());
         s.kill.thread.store(b.thread_id, Ordering::Relaxed);
         let job = Job::Client {
             prepare: run.prepare,
@@ -1250,6 +1275,7 @@ impl Pooled {
         if no_response {
             run.outcome = Some(Outcome::default());
         }
+        self.offer_pipeline(sid, bid);
         self.conn_actions(io, bid, None, &[], acts);
         if no_response {
             self.maybe_done(io, bid);
@@ -1334,8 +1360,11 @@ impl Pooled {
         let Some(b) = self.conns.get_mut(bid.0) else {
             return;
         };
+        // The bytes are the response of the session holding it now, or, with pipelined
+        // commands, also of the sessions after it (announced among the actions).
+        let first = b.session;
         let r = b.on_bytes(data, &mut acts, &mut done);
-        self.conn_actions(io, bid, Some(buf), data, acts);
+        self.response_actions(io, bid, first, Some(buf), data, acts);
         if let Err(why) = r {
             let why = format!(
                 "backend {}: {why}",
@@ -1361,12 +1390,33 @@ impl Pooled {
         data: &[u8],
         acts: Vec<Action>,
     ) {
+        let session = self.conns.get(bid.0).and_then(|b| b.session);
+        self.response_actions(io, bid, session, buf, data, acts);
+    }
+
+    /// [`Self::conn_actions`], with the pieces of responses going to `session`'s client until
+    /// an [`Action::Responder`] names the next session.
+    fn response_actions(
+        &mut self,
+        io: &mut Io,
+        bid: BackendId,
+        mut session: Option<PooledId>,
+        buf: Option<BufRef>,
+        data: &[u8],
+        acts: Vec<Action>,
+    ) {
         let Some(b) = self.conns.get(bid.0) else {
             return;
         };
-        let (bsock, session) = (b.sock, b.session);
+        let bsock = b.sock;
         for a in acts {
             match a {
+                Action::Responder(next) => {
+                    session = next;
+                    if let Some(sid) = next {
+                        self.rider_starts(io, sid, bid);
+                    }
+                }
                 Action::SendBackend(v) => io.send_owned(bsock, v),
                 Action::SendPeer(v) => {
                     if let Some(sid) = session {
@@ -1467,9 +1517,16 @@ impl Pooled {
                     self.conn_failed(io, bid, "ping before reuse failed".into());
                 }
             }
-            Done::Client(outcome) => {
-                if let Some(r) = session
-                    .and_then(|s| self.sessions.get_mut(s.0))
+            Done::Client { session, outcome } => {
+                let Some(sid) = session else { return };
+                let b = self.conns.get(bid.0);
+                if !b.is_some_and(|b| b.session == Some(sid) && !b.has_riders()) {
+                    // Pipelined commands follow on the connection.
+                    return self.pipelined_done(io, sid, bid, outcome);
+                }
+                if let Some(r) = self
+                    .sessions
+                    .get_mut(sid.0)
                     .and_then(|s| s.running.as_mut())
                 {
                     r.outcome = Some(outcome);
@@ -1522,14 +1579,22 @@ impl Pooled {
         };
         let run = s.running.take().unwrap_or_default();
         let outcome = run.outcome.clone().unwrap_or_default();
+        let now = io.now();
         // The session's LAST_INSERT_ID() changes only with an id its own command generated;
         // the connection's may be another session's.
         let last_insert_id = match outcome.last_insert_id {
             0 => s.state.last_insert_id,
             id => id,
         };
-        s.state = b.state.clone();
-        s.state.last_insert_id = last_insert_id;
+        // A pipelined command ran in a connection whose user variables may be another
+        // session's (it reads none): the session keeps its own state unless the server says
+        // the command changed it.
+        if !run.rode {
+            s.state = b.state.clone();
+            s.state.last_insert_id = last_insert_id;
+        } else if outcome.changed || outcome.untracked_change {
+            s.state.take_reads_from(&b.state);
+        }
         b.last_used = io.now();
         if let Some((client_id, key)) = run.prepare {
             record_prepare(&mut self.stmts, s, client_id, key, &outcome);
@@ -1561,6 +1626,7 @@ impl Pooled {
             b.session = None;
             self.give_back(io, bid, false);
         }
+        self.learn(&run, now);
         self.script_result(io, sid);
         self.unpause(io, sid);
         self.drive(io, sid);
@@ -1588,6 +1654,11 @@ impl Pooled {
         // Paused for the client's sake (backpressure): nothing of it goes there any more.
         if io.is_paused(b.sock) {
             io.resume_read(b.sock);
+        }
+        if b.has_riders() {
+            // The client left mid-response: the rest of it is dropped, the pipelined
+            // responses behind it go to their sessions.
+            return;
         }
         if !b.is_idle() {
             // Mid-response (the client left): the response is read to its end and dropped,
@@ -1822,8 +1893,10 @@ impl Pooled {
         io.stats.stmt_evictions += b.evicted;
         b.end();
         io.close(b.sock);
+        let riders = b.take_riders();
         // Its place under the limit is free: the first waiter may have it.
         self.serve_waiters(io);
+        self.resend_riders(io, riders);
     }
 
     pub fn on_conn_eof(&mut self, io: &mut Io, bid: BackendId, error: Option<std::io::Error>) {
@@ -1959,7 +2032,10 @@ impl Pooled {
             self.stmts.release(st.key);
         }
         let dirty = s.pinned() || s.held.is_some();
-        let (sock, conn) = (s.sock, s.conn.take());
+        let (sock, conn, riding) = (s.sock, s.conn.take(), s.riding.take());
+        if let Some(b) = riding.and_then(|bid| self.conns.get_mut(bid.0)) {
+            b.drop_rider(sid);
+        }
         if let Some(user) = s.counted.take() {
             self.ps.users.disconnect(&user);
         }
@@ -2149,6 +2225,17 @@ impl Pooled {
     /// idle connections.
     pub fn invariants(&self) -> Result<(), String> {
         for (k, s) in self.sessions.iter().filter(|(_, s)| !s.closed) {
+            if let Some(bid) = s.riding {
+                if !self
+                    .conns
+                    .get(bid.0)
+                    .is_some_and(|b| b.carries(PooledId(k)))
+                {
+                    return Err(format!(
+                        "session {k:?} rides {bid:?}, which does not carry it"
+                    ));
+                }
+            }
             if let Some(bid) = s.conn {
                 let back = self.conns.get(bid.0).and_then(|b| b.session);
                 if back != Some(PooledId(k)) {

@@ -96,8 +96,11 @@ pub enum Done {
     /// server's ERR packet (to go to the client as the EXECUTE's answer).
     Prepared(Result<(u32, u16), Vec<u8>>),
     Pinged(bool),
-    /// A session command's response ended.
-    Client(Outcome),
+    /// A session command's response ended (`session`: whose; `None` when its client left).
+    Client {
+        session: Option<PooledId>,
+        outcome: Outcome,
+    },
 }
 
 /// What a command's response said about the session.
@@ -124,6 +127,32 @@ pub struct Outcome {
     pub trx_characteristics: bool,
 }
 
+/// A session's command sent behind the ones in flight (pipelined): the server answers in order,
+/// so its response is the next after theirs.
+#[derive(Debug)]
+struct Rider {
+    /// `None` once its client left (the response is read and dropped).
+    session: Option<PooledId>,
+    client_caps: u32,
+    /// The command's length and first bytes: the response tracker reads them when its response
+    /// begins.
+    len: u32,
+    head: Vec<u8>,
+}
+
+impl Rider {
+    fn packet_head(&self) -> PacketHead<'_> {
+        PacketHead {
+            len: self.len,
+            seq: 0,
+            head: &self.head,
+            continuation: false,
+            at: None,
+            start: 0,
+        }
+    }
+}
+
 /// The pooled side of one backend connection.
 pub struct PooledBackend {
     pub sock: SockId,
@@ -131,7 +160,7 @@ pub struct PooledBackend {
     /// Index of the backend server (for the per-backend limit).
     pub server: usize,
     pub key: PoolKey,
-    /// The session holding it now.
+    /// The session holding it now: the one whose response is being read (or is next).
     pub session: Option<PooledId>,
     /// Since when it finishes a command for a client that left (the rest of the response is
     /// read and dropped; then it is reset and pooled).
@@ -162,12 +191,20 @@ pub struct PooledBackend {
     job: Option<Job>,
     /// Jobs waiting for it, with their packets.
     queued: VecDeque<(Job, Vec<u8>)>,
+    /// Commands of other sessions sent behind the one in front, in order (see [`Self::ride`]).
+    riders: VecDeque<Rider>,
+    /// The command in front may have others pipelined behind it (set by the service for a
+    /// command that cannot change session state); cleared when the connection goes idle.
+    shareable: bool,
+    /// Commands pipelined since the connection was last idle.
+    streak: u32,
     /// Captured packets of the internal response in progress.
     packets: Vec<Vec<u8>>,
     /// Something of the current response arrived already.
     answered: bool,
-    /// Reused list of the pieces of one chunk.
-    pieces: Vec<Piece>,
+    /// Reused list of the pieces of one chunk, each with the number of pipelined responses that
+    /// began before it in the chunk.
+    pieces: Vec<(usize, Piece)>,
     /// The outcome being gathered for the client job in front.
     outcome: Outcome,
     /// The response in front ended (its last packet is being captured).
@@ -222,6 +259,9 @@ impl PooledBackend {
             tracker: ResponseTracker::new(0),
             job: None,
             queued: VecDeque::new(),
+            riders: VecDeque::new(),
+            shareable: false,
+            streak: 0,
             packets: Vec::new(),
             answered: false,
             pieces: Vec::new(),
@@ -280,7 +320,73 @@ impl PooledBackend {
 
     /// Ready for a job and holding nothing half-relayed.
     pub fn is_idle(&self) -> bool {
-        self.phase == Phase::Idle && self.job.is_none() && self.relay.at_boundary()
+        self.phase == Phase::Idle
+            && self.job.is_none()
+            && self.riders.is_empty()
+            && self.relay.at_boundary()
+    }
+
+    /// Marks the session command just sent as one other sessions' commands may be pipelined
+    /// behind (it cannot change the session state they run in).
+    pub fn share(&mut self) {
+        self.shareable = true;
+    }
+
+    /// Whether another session's command may be pipelined now: what runs is shareable client
+    /// work, nothing internal waits, fewer than `depth` ride, and (when `others_wait`) the
+    /// connection has not taken `4 × depth` since it was last idle, so it becomes free for
+    /// sessions that cannot ride.
+    pub fn takes_rider(&self, depth: usize, others_wait: bool) -> bool {
+        let front = matches!(self.job, None | Some(Job::Client { prepare: None }));
+        self.shareable
+            && front
+            && self.phase == Phase::Busy
+            && self.queued.is_empty()
+            && self.orphaned.is_none()
+            && self.riders.len() < depth
+            && (!others_wait || (self.streak as usize) < 4 * depth)
+    }
+
+    /// Sends session `sid`'s command (`packet`, sequence id 0) behind those in flight; its
+    /// response goes to `sid` once theirs have ended.
+    pub fn ride(
+        &mut self,
+        sid: PooledId,
+        client_caps: u32,
+        packet: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) {
+        let payload = packet.get(HEADER_LEN..).unwrap_or(&[]);
+        self.riders.push_back(Rider {
+            session: Some(sid),
+            client_caps,
+            len: payload.len() as u32,
+            head: payload[..payload.len().min(64)].to_vec(),
+        });
+        self.streak += 1;
+        out.push(Action::SendBackend(packet));
+    }
+
+    /// Whether commands of other sessions wait behind the response being read.
+    pub fn has_riders(&self) -> bool {
+        !self.riders.is_empty()
+    }
+
+    /// The client of pipelined session `sid` left: its response will be read and dropped.
+    pub fn drop_rider(&mut self, sid: PooledId) {
+        for r in self.riders.iter_mut().filter(|r| r.session == Some(sid)) {
+            r.session = None;
+        }
+    }
+
+    /// The sessions whose pipelined commands have no response yet (the connection failed).
+    pub fn take_riders(&mut self) -> Vec<PooledId> {
+        self.riders.drain(..).filter_map(|r| r.session).collect()
+    }
+
+    /// Whether session `sid` has a command pipelined here.
+    pub fn carries(&self, sid: PooledId) -> bool {
+        self.riders.iter().any(|r| r.session == Some(sid))
     }
 
     pub fn on_connected(&mut self) {
@@ -292,7 +398,7 @@ impl PooledBackend {
     /// Runs `job` (its packet is `packet`, sequence id 0): sent now if nothing is in flight,
     /// else when the jobs before it have ended.
     pub fn run(&mut self, job: Job, packet: Vec<u8>, out: &mut Vec<Action>) {
-        if self.job.is_some() || !self.queued.is_empty() {
+        if self.job.is_some() || !self.queued.is_empty() || !self.riders.is_empty() {
             self.queued.push_back((job, packet));
             return;
         }
@@ -329,14 +435,17 @@ impl PooledBackend {
 
     /// Sends the next queued job, if any.
     fn next_job(&mut self, out: &mut Vec<Action>) {
-        while self.job.is_none() {
+        while self.job.is_none() && self.riders.is_empty() {
             let Some((job, packet)) = self.queued.pop_front() else {
                 break;
             };
             self.send(job, packet, out);
         }
-        if self.job.is_none() && matches!(self.phase, Phase::Busy | Phase::Setup) {
+        let done = self.job.is_none() && self.riders.is_empty();
+        if done && matches!(self.phase, Phase::Busy | Phase::Setup) {
             self.phase = Phase::Idle;
+            self.shareable = false;
+            self.streak = 0;
         }
     }
 
@@ -401,21 +510,43 @@ impl PooledBackend {
         out: &mut Vec<Action>,
         done: &mut Vec<Done>,
     ) -> Result<(), String> {
-        // One job at a time: every byte of this chunk belongs to the job in front.
+        // The bytes belong to the job in front until its response ends; then, when commands were
+        // pipelined behind it, to the next one's response (the tracker starts on it at the first
+        // packet after the end, and the pieces from there on are counted as the next one's).
         let mut pieces = std::mem::take(&mut self.pieces);
+        let begun = std::cell::Cell::new(0usize);
         let r = {
-            let (tracker, ending) = (&mut self.tracker, &mut self.ending);
+            let (tracker, ending, riders) = (&mut self.tracker, &mut self.ending, &self.riders);
             // A client prepare's response is captured whole too (its metadata is cached).
-            let internal = !matches!(self.job, Some(Job::Client { prepare: None }));
-            let mut decide = |p: &PacketHead<'_>| decide_packet(tracker, internal, ending, p);
-            self.relay
-                .feed(data, &mut decide, &mut |piece| pieces.push(piece))
+            let internal =
+                riders.is_empty() && !matches!(self.job, Some(Job::Client { prepare: None }));
+            let mut between = self.job.is_none();
+            let mut decide = |p: &PacketHead<'_>| {
+                if *ending || between {
+                    if let Some(next) = riders.get(begun.get()) {
+                        tracker.on_client_packet(&next.packet_head())?;
+                        begun.set(begun.get() + 1);
+                        (*ending, between) = (false, false);
+                    }
+                }
+                decide_packet(tracker, internal, ending, p)
+            };
+            let mut keep = |piece| pieces.push((begun.get(), piece));
+            self.relay.feed(data, &mut decide, &mut keep)
         };
         let mut result = r.map_err(|e: ProtoError| format!("protocol error: {e}"));
-        for piece in pieces.drain(..) {
+        let mut started = 0;
+        for (before, piece) in pieces.drain(..) {
+            for _ in started..before {
+                self.next_rider(done, out);
+            }
+            started = started.max(before);
             if result.is_ok() {
                 result = self.on_piece(piece, out);
             }
+        }
+        for _ in started..begun.get() {
+            self.next_rider(done, out);
         }
         self.pieces = pieces;
         result?;
@@ -424,6 +555,23 @@ impl PooledBackend {
         }
         self.next_job(out);
         Ok(())
+    }
+
+    /// The response of the first pipelined command begins: the one before it is finished, and
+    /// what follows goes to the rider's session (announced to the service).
+    fn next_rider(&mut self, done: &mut Vec<Done>, out: &mut Vec<Action>) {
+        if self.job.is_some() {
+            self.complete(done, out);
+        }
+        let Some(r) = self.riders.pop_front() else {
+            return;
+        };
+        self.session = r.session;
+        self.client_caps = r.client_caps;
+        self.job = Some(Job::Client { prepare: None });
+        self.answered = false;
+        self.outcome = Outcome::default();
+        out.push(Action::Responder(r.session));
     }
 
     /// A piece of the response in front: client bytes go on; captured packets are read.
@@ -444,6 +592,12 @@ impl PooledBackend {
 
     fn finish(&mut self, done: &mut Vec<Done>, out: &mut Vec<Action>) {
         self.ending = false;
+        self.complete(done, out);
+    }
+
+    /// The job in front is answered whole: reported (`ending` is left alone: it may be about a
+    /// later pipelined response of the same chunk).
+    fn complete(&mut self, done: &mut Vec<Done>, out: &mut Vec<Action>) {
         match self.job {
             Some(Job::Client { .. }) => self.finish_client(done),
             Some(_) => self.finish_internal(done, out),
@@ -606,7 +760,10 @@ impl PooledBackend {
 
     fn finish_client(&mut self, done: &mut Vec<Done>) {
         self.job = None;
-        done.push(Done::Client(std::mem::take(&mut self.outcome)));
+        done.push(Done::Client {
+            session: self.session,
+            outcome: std::mem::take(&mut self.outcome),
+        });
     }
 
     /// An internal job's response is whole: read it.
@@ -826,5 +983,168 @@ fn column_type(def: &[u8]) -> VarType {
         Ok(0x00 | 0xf6) => VarType::Decimal,
         Ok(0x04 | 0x05) => VarType::Double,
         _ => VarType::Text,
+    }
+}
+
+#[cfg(test)]
+mod pipeline_tests {
+    use super::*;
+    use crate::protocol::resultset::{encode, Column};
+    use crate::runtime::Key;
+
+    const CAPS: u32 = CLIENT_PROTOCOL_41 | CLIENT_TRANSACTIONS | CLIENT_SESSION_TRACK;
+
+    fn sid(i: u32) -> PooledId {
+        PooledId(Key {
+            index: i,
+            generation: 0,
+        })
+    }
+
+    /// A connection past its login and setup, idle.
+    fn ready() -> PooledBackend {
+        let key = PoolKey {
+            user: "app".into(),
+            caps: CAPS,
+            charset: 45,
+        };
+        let cred = Credentials {
+            user: "app".into(),
+            password: "app".into(),
+            stage1: None,
+            db: None,
+        };
+        let sock = Key {
+            index: 1,
+            generation: 0,
+        };
+        let addr = "127.0.0.1:3306".parse().unwrap();
+        let mut b = PooledBackend::new(sock, addr, 0, key, cred, Instant::now());
+        b.login = None;
+        b.caps = CAPS;
+        b.client_caps = CAPS;
+        b.tracker = ResponseTracker::new(CAPS);
+        b.tracking = true;
+        b.phase = Phase::Idle;
+        b
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut p = Vec::new();
+        write_packet(&mut p, 0, &[&[COM_QUERY][..], sql.as_bytes()].concat());
+        p
+    }
+
+    /// The wire bytes of a one-column, one-row resultset holding `v`.
+    fn result(v: &str) -> Vec<u8> {
+        let col = Column {
+            name: b"c".to_vec(),
+            kind: 253,
+        };
+        let mut wire = Vec::new();
+        let rows = [vec![Some(v.as_bytes().to_vec())]];
+        for (i, p) in encode(&[col], &rows, SERVER_STATUS_AUTOCOMMIT)
+            .iter()
+            .enumerate()
+        {
+            write_packet(&mut wire, (i + 1) as u8, p);
+        }
+        wire
+    }
+
+    #[test]
+    fn pipelined_responses_go_to_their_sessions_in_order_whatever_the_chunking() {
+        let wires = [result("a"), result("bb"), result("ccc")];
+        let all: Vec<u8> = wires.concat();
+        for cut in (1..=all.len()).rev() {
+            let mut b = ready();
+            let mut out = Vec::new();
+            b.session = Some(sid(0));
+            b.run(Job::Client { prepare: None }, query("SELECT 'a'"), &mut out);
+            b.share();
+            assert!(b.takes_rider(8, false));
+            b.ride(sid(1), CAPS, query("SELECT 'bb'"), &mut out);
+            b.ride(sid(2), CAPS, query("SELECT 'ccc'"), &mut out);
+            assert_eq!(out.len(), 3, "three sends");
+            assert!(!b.is_idle());
+            // Bytes each session got, and the order responses ended in.
+            let mut got: Vec<Vec<u8>> = vec![Vec::new(); 3];
+            let mut ended = Vec::new();
+            let mut to = 0usize;
+            for chunk in all.chunks(cut) {
+                let (mut acts, mut done) = (Vec::new(), Vec::new());
+                b.on_bytes(chunk, &mut acts, &mut done).unwrap();
+                for a in acts {
+                    match a {
+                        Action::Responder(Some(s)) => to = s.0.index as usize,
+                        Action::Forward { from, to: end } => {
+                            got[to].extend_from_slice(&chunk[from..end])
+                        }
+                        Action::SendPeer(v) => got[to].extend_from_slice(&v),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                for d in done {
+                    match d {
+                        Done::Client { session, outcome } => {
+                            assert_eq!(outcome.error, None);
+                            ended.push(session.unwrap().0.index);
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            assert_eq!(ended, [0, 1, 2], "cut {cut}");
+            for (i, w) in wires.iter().enumerate() {
+                assert_eq!(&got[i], w, "cut {cut}: session {i}");
+            }
+            assert!(b.is_idle(), "cut {cut}");
+            assert!(
+                !b.takes_rider(8, false),
+                "an idle connection is no pipeline"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rider_whose_client_left_has_its_response_dropped_and_depth_is_bounded() {
+        let mut b = ready();
+        let mut out = Vec::new();
+        b.session = Some(sid(0));
+        b.run(Job::Client { prepare: None }, query("SELECT 'a'"), &mut out);
+        b.share();
+        b.ride(sid(1), CAPS, query("SELECT 'bb'"), &mut out);
+        assert!(!b.takes_rider(1, false), "depth 1 is full");
+        assert!(b.takes_rider(8, false));
+        assert!(!b.takes_rider(8, true) || b.streak < 32);
+        b.drop_rider(sid(1));
+        assert!(!b.carries(sid(1)));
+        let (mut acts, mut done) = (Vec::new(), Vec::new());
+        let wire = [result("a"), result("bb")].concat();
+        b.on_bytes(&wire, &mut acts, &mut done).unwrap();
+        assert!(acts.contains(&Action::Responder(None)));
+        let sessions: Vec<_> = done
+            .iter()
+            .map(|d| match d {
+                Done::Client { session, .. } => *session,
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(sessions, [Some(sid(0)), None]);
+        assert!(b.is_idle());
+    }
+
+    #[test]
+    fn riders_are_handed_back_when_the_connection_fails() {
+        let mut b = ready();
+        let mut out = Vec::new();
+        b.session = Some(sid(0));
+        b.run(Job::Client { prepare: None }, query("SELECT 1"), &mut out);
+        b.share();
+        b.ride(sid(1), CAPS, query("SELECT 2"), &mut out);
+        b.ride(sid(2), CAPS, query("SELECT 3"), &mut out);
+        b.drop_rider(sid(2));
+        assert_eq!(b.take_riders(), [sid(1)]);
+        assert!(!b.has_riders());
     }
 }

@@ -428,6 +428,8 @@ impl Proxy {
                 (From::Backend(b), None) => self.close_backend(io, b),
                 _ => {}
             },
+            // Pooled backends only (pass-through sessions pipeline nothing).
+            Action::Responder(_) => {}
         }
     }
 

@@ -92,6 +92,21 @@ impl SessionState {
         h.finish()
     }
 
+    /// Whether a statement that names no user variable and reads no LAST_INSERT_ID() sees the
+    /// same session on a connection in state `other`: the schema and the system variables are
+    /// equal (user variables may differ: it does not read them).
+    pub fn same_for_reads(&self, other: &SessionState) -> bool {
+        self.schema == other.schema
+            && (Arc::ptr_eq(&self.vars, &other.vars) || self.vars == other.vars)
+    }
+
+    /// Takes what a statement run on a connection in state `conn` may have changed there
+    /// without naming a user variable: the schema and the system variables.
+    pub fn take_reads_from(&mut self, conn: &SessionState) {
+        self.schema.clone_from(&conn.schema);
+        self.vars = Arc::clone(&conn.vars);
+    }
+
     /// What turns a connection in state `actual` into one in this state. With `last_insert_id`,
     /// LAST_INSERT_ID() is set too (only worth it before a statement that reads it).
     pub fn replay_from(&self, actual: &SessionState, last_insert_id: bool) -> Replay {
