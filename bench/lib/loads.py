@@ -137,11 +137,12 @@ def parse_sysbench(text):
             "p99_us_sysbench": grab(r"99th percentile:\s+([\d.]+)") * 1000}
 
 
-def sysbench(test, target, threads, duration, cpu_server=None):
-    """Runs one sysbench OLTP test against `target`; CPU of `cpu_server` is sampled from /proc
-    around the whole run (sysbench opens its few connections in the first milliseconds)."""
+def sysbench(test, target, threads, duration, cpu_server=None, extra=()):
+    """Runs one sysbench test (a built-in OLTP test or a script's path) against `target`, with
+    `extra` options; CPU of `cpu_server` is sampled from /proc around the whole run (sysbench
+    opens its few connections in the first milliseconds)."""
     cpu0 = cpu_server.cpu_seconds() if cpu_server is not None else None
-    p = procs.run(_sysbench_args(target, test, threads, duration) + ["run"],
+    p = procs.run(_sysbench_args(target, test, threads, duration) + list(extra) + ["run"],
                   timeout=float(duration) + 120)
     cpu1 = cpu_server.cpu_seconds() if cpu_server is not None else None
     if p.returncode != 0:

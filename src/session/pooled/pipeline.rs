@@ -196,9 +196,15 @@ impl Pooled {
         bid: BackendId,
         outcome: Outcome,
     ) {
-        let b = self.conns.get_mut(bid.0);
-        if let Some(b) = b.filter(|b| b.session == Some(sid)) {
-            b.session = None;
+        if let Some(b) = self.conns.get_mut(bid.0) {
+            if b.session == Some(sid) {
+                b.session = None;
+            }
+            // Paused for this session's client (backpressure): nothing more of it comes, and
+            // the responses behind it must not wait for that client.
+            if io.is_paused(b.sock) {
+                io.resume_read(b.sock);
+            }
         }
         let Some(s) = self.sessions.get_mut(sid.0).filter(|s| !s.closed) else {
             return;
