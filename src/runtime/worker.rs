@@ -31,13 +31,12 @@ pub const TICK: Duration = Duration::from_millis(50);
 const SWEEP_PER_TICK: usize = 256;
 
 /// How long the proxy's workers let a wait hold on for more completions after a busy turn
-/// (the kernel's io_uring min-wait, 6.12+; older kernels wait for one). Measured on the mock at
-/// 1,000 connections: enters per query 0.07 → 0.03–0.05 and 7–15% more queries per second;
-/// at 64 connections no change beyond noise (bench/README.md, "Batched waits").
+/// (the kernel's io_uring min-wait, 6.12+; older kernels wait for one). What it bought, and
+/// how the busy-turn threshold was chosen: bench/README.md, "Batched waits".
 pub const BATCH_WAIT: Duration = Duration::from_micros(50);
 
 /// Completions in one turn from which the next wait asks for a batch ([`Worker::batch`]).
-const BUSY_TURN: usize = 8;
+const BUSY_TURN: usize = 4;
 /// The largest batch a wait asks for.
 const MAX_BATCH: usize = 64;
 
