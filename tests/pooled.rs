@@ -8,7 +8,8 @@
 //! CLI; per-session state (schema, charset, sql_mode, time zone, user variables, last insert id)
 //! under heavy multiplexing, up to 5,000 clients over 50 backend connections; prepared
 //! statements shared over a small pool; pins (transaction, temporary table, GET_LOCK,
-//! autocommit=0); garbage handshakes and clients that vanish mid-query.
+//! autocommit=0); garbage handshakes and clients that vanish mid-query; pipelined multiplexing
+//! (every answer names its client; a killed backend connection costs at most its running query).
 //!
 //! Each test starts its own proxy with its own `--backend-source` address (127.0.0.1x), so the
 //! proxy's backend connections are told apart in MariaDB's processlist by their host, and the
@@ -2387,4 +2388,108 @@ fn pipelined_selects_answer_each_client_its_own_rows() {
         pipelined > queries as u64 / 10,
         "only {pipelined} of {queries} queries were pipelined"
     );
+}
+
+/// One client of the kill test: text SELECTs naming it, until `deadline`; returns (queries,
+/// errors) or the first wrong answer. An error (its pipeline's connection was killed) is
+/// counted and the session goes on.
+fn pipe_client_under_kills(port: u16, i: usize, deadline: Instant) -> Result<(u64, u64), String> {
+    let mut conn = Conn::new(opts(port, "pl_pipe", "pipe-pw", Some("rp")))
+        .map_err(|e| format!("client {i}: log in: {e}"))?;
+    let (mut queries, mut errors) = (0, 0);
+    while Instant::now() < deadline {
+        let k = (i * 13 + queries as usize) % 100 + 1;
+        let want = vec![some(&format!("v{k}")), some(&i.to_string())];
+        match row_of(
+            &mut conn,
+            &format!("SELECT v, {i} FROM pl_ps WHERE id = {k}"),
+        ) {
+            Ok(got) if got == want => queries += 1,
+            Ok(got) => return Err(format!("client {i}: got {got:?}, want {want:?}")),
+            Err(_) => errors += 1,
+        }
+    }
+    Ok((queries, errors))
+}
+
+#[test]
+fn a_pipelined_connection_killed_mid_stream_costs_at_most_one_query_per_kill() {
+    let _serial = heavy();
+    let _timer =
+        Timer::start("a_pipelined_connection_killed_mid_stream_costs_at_most_one_query_per_kill");
+    let db = setup();
+    const CLIENTS: usize = 16;
+    let stats_dir = tempfile::tempdir().expect("temp dir");
+    let stats = stats_dir.path().join("stats.json");
+    let toml = user_toml("pl_pipe", "pipe-pw", None);
+    let source = "127.0.0.26";
+    // One connection per worker (fewer would rotate between the workers).
+    let p = Pooled::start(
+        db,
+        source,
+        &toml,
+        &[
+            "--max-backend-connections",
+            "2",
+            "--pipeline-depth",
+            "8",
+            "--stats-file",
+            stats.to_str().expect("utf-8 path"),
+        ],
+    );
+    let port = p.port();
+    // The query's shape is learned on a connection of its own first.
+    let mut first = connect(port, "pl_pipe", "pipe-pw", Some("rp"));
+    assert_eq!(
+        row_of(&mut first, "SELECT v, 0 FROM pl_ps WHERE id = 1"),
+        Ok(vec![some("v1"), some("0")])
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| thread::spawn(move || pipe_client_under_kills(port, i, deadline)))
+        .collect();
+    // Every 250 ms, the proxy's backend connection is killed on the server.
+    let mut kills = 0u64;
+    while Instant::now() + Duration::from_millis(300) < deadline {
+        sleep(Duration::from_millis(250));
+        let ids = db.root_sql(&format!(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'pl_pipe' \
+             AND HOST LIKE '{source}:%'"
+        ));
+        for id in ids.split_whitespace() {
+            let out = db.root_sql_output(&format!("KILL {id}"));
+            kills += u64::from(out.status.success());
+        }
+    }
+    let (mut queries, mut errors, mut failures) = (0, 0, Vec::new());
+    for t in threads {
+        match t.join().expect("client thread") {
+            Ok((q, e)) => (queries, errors) = (queries + q, errors + e),
+            Err(e) => failures.push(e),
+        }
+    }
+    assert_eq!(
+        row_of(&mut first, "SELECT v, 0 FROM pl_ps WHERE id = 2"),
+        Ok(vec![some("v2"), some("0")]),
+        "an idle session after the kills"
+    );
+    drop(first);
+    let log = p.log_tail();
+    p.finish();
+    let (pipelined, retries) = (
+        stat(&stats, "pool_pipelined"),
+        stat(&stats, "pool_pipeline_retries"),
+    );
+    eprintln!(
+        "kills: {kills}, {queries} answers, {errors} errors, {pipelined} pipelined, {retries} sent again"
+    );
+    assert!(failures.is_empty(), "wrong answers: {failures:?}\n{log}");
+    assert!(kills >= 5, "only {kills} kills landed");
+    assert!(queries > 1000, "only {queries} answers\n{log}");
+    assert!(
+        errors <= kills,
+        "{errors} errors for {kills} killed connections: pipelined queries behind the one \
+         running were not sent again\n{log}"
+    );
+    assert!(retries > 0, "no pipelined query was sent again\n{log}");
 }

@@ -10,6 +10,9 @@
 //! statements that assign them); a connection in another state is given the session's state
 //! first ([`SessionState::replay_from`]). A session keeps its connection while something that
 //! cannot be replayed holds (see [`Pins`] and [`Held`]); nothing is refused for it.
+//!
+//! A plain SELECT that finds no free connection may be pipelined behind other sessions'
+//! SELECTs on a busy one instead of waiting ([`pipeline`]).
 
 mod pipeline;
 mod script;

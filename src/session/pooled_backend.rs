@@ -4,7 +4,9 @@
 //! prepares, pings, resets) whose responses it reads itself, and the commands of whichever
 //! session holds it, whose responses go to that session's client as they arrive (no copy),
 //! except the packets that carry status and state (OK, EOF, ERR, prepare-OK), which are read
-//! and, where the client needs it, rewritten.
+//! and, where the client needs it, rewritten. Other sessions' commands may be pipelined behind
+//! a session's ([`PooledBackend::ride`]): each response, in order, goes to its own session,
+//! announced with [`Action::Responder`].
 //!
 //! What a command changed in the session (tracked system variables and schema, the status
 //! flags, last insert id, warnings, an untracked change) is reported with the end of its
