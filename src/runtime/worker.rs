@@ -55,7 +55,7 @@ pub struct WorkerConfig {
     /// Fixed-file slots this worker's ring gets (capped by RLIMIT_NOFILE).
     pub fixed_slots: u32,
     /// How long a wait may hold on for more completions once one is ready, when the last turn
-    /// showed load (see [`Worker::batch`]); zero: never.
+    /// showed load (see `batch_for`); zero: never.
     pub batch_wait: Duration,
 }
 

@@ -12,7 +12,7 @@
 //! cannot be replayed holds (see [`Pins`] and [`Held`]); nothing is refused for it.
 //!
 //! A plain SELECT that finds no free connection may be pipelined behind other sessions'
-//! SELECTs on a busy one instead of waiting ([`pipeline`]).
+//! SELECTs on a busy one instead of waiting (the `pipeline` module).
 
 mod pipeline;
 mod script;
