@@ -1520,21 +1520,34 @@ impl Pooled {
                     self.conn_failed(io, bid, "ping before reuse failed".into());
                 }
             }
-            Done::Client { session, outcome } => {
-                let Some(sid) = session else { return };
-                let b = self.conns.get(bid.0);
-                if !b.is_some_and(|b| b.session == Some(sid) && !b.has_riders()) {
-                    // Pipelined commands follow on the connection.
-                    return self.pipelined_done(io, sid, bid, outcome);
-                }
-                if let Some(r) = self
-                    .sessions
-                    .get_mut(sid.0)
-                    .and_then(|s| s.running.as_mut())
-                {
-                    r.outcome = Some(outcome);
-                }
-            }
+            Done::Client {
+                session: Some(sid),
+                outcome,
+            } => self.client_response_done(io, bid, sid, outcome),
+            // The response of a client that left.
+            Done::Client { session: None, .. } => {}
+        }
+    }
+
+    /// Session `sid`'s command's response ended on `bid`: the session finishes it once the
+    /// connection is idle ([`Self::maybe_done`]), or now when pipelined commands follow there.
+    fn client_response_done(
+        &mut self,
+        io: &mut Io,
+        bid: BackendId,
+        sid: PooledId,
+        outcome: Outcome,
+    ) {
+        let b = self.conns.get(bid.0);
+        if !b.is_some_and(|b| b.session == Some(sid) && !b.has_riders()) {
+            return self.pipelined_done(io, sid, bid, outcome);
+        }
+        if let Some(r) = self
+            .sessions
+            .get_mut(sid.0)
+            .and_then(|s| s.running.as_mut())
+        {
+            r.outcome = Some(outcome);
         }
     }
 
